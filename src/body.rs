@@ -1,0 +1,181 @@
+//! Response body types. One enum instead of a boxed trait object, so the common paths (a short
+//! usher-made body, an upstream body, a static file) cost no allocation of their own.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower_http::services::fs::ServeFileSystemResponseBody;
+
+use crate::access_log::LogTail;
+use crate::upstream::PooledConn;
+
+/// The error type of every response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// What usher sends to a client.
+    #[project = BodyProj]
+    pub enum Body {
+        /// A body usher made (error text, redirects); `None` once sent.
+        Full { data: Option<Bytes> },
+        /// An upstream response, streamed.
+        Upstream { body: UpstreamBody },
+        /// A static file.
+        Static { #[pin] body: ServeFileSystemResponseBody },
+    }
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::Full { data: None }
+    }
+
+    /// A body of fixed bytes.
+    pub fn full(data: impl Into<Bytes>) -> Body {
+        let data = data.into();
+        Body::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Upstream { body } => Pin::new(body).poll_frame(cx),
+            BodyProj::Static { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full { data } => data.is_none(),
+            Body::Upstream { body } => body.body.is_end_stream(),
+            Body::Static { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Body::Upstream { body } => body.body.size_hint(),
+            Body::Static { body } => body.size_hint(),
+        }
+    }
+}
+
+/// An upstream response body that hands its connection back to the pool once read to the end.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    conn: Option<PooledConn>,
+}
+
+impl UpstreamBody {
+    /// Wraps an upstream body and the connection it arrives on.
+    pub fn new(body: Incoming, conn: PooledConn) -> UpstreamBody {
+        UpstreamBody {
+            body,
+            conn: Some(conn),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
+            // An error mid-body leaves the connection in an unknown state: drop it.
+            Some(Err(_)) => self.conn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so: the connection is still reusable.
+        // A body dropped half-read (client went away) closes its connection with the drop.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+pin_project! {
+    /// The body actually handed to hyper: counts bytes for the access log, which it writes
+    /// when the response is done (or abandoned), and marks the request finished for the
+    /// connection's idle watcher.
+    pub struct Logged {
+        #[pin]
+        inner: Body,
+        tail: LogTail,
+    }
+}
+
+impl Logged {
+    /// Wraps `inner`; `tail` writes the log line on drop.
+    pub fn new(inner: Body, tail: LogTail) -> Logged {
+        Logged { inner, tail }
+    }
+}
+
+impl HttpBody for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.tail.bytes += d.len() as u64;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,223 @@
+//! proxy.toml -> raw serde structs (`config/raw.rs`, unknown keys denied) -> a validated
+//! [`Config`] with every default applied. Parse, don't validate: after `Config::load` nothing in
+//! the server checks a config value again.
+//!
+//! Semantic errors are collected, not returned at the first one, so `usher check` shows them all.
+
+mod check;
+mod raw;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub use units::{parse_duration, parse_size};
+
+use crate::error::{ConfigError, ConfigIssue};
+pub use check::parse_upstream;
+use check::Checker;
+use raw::RawConfig;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (relative paths in it resolve against its folder).
+    pub file: PathBuf,
+    /// Plain HTTP listener, `None` when `http = "off"`.
+    pub http: Option<SocketAddr>,
+    /// TLS listener, `None` when `https = "off"`.
+    pub https: Option<SocketAddr>,
+    /// Certificate storage folder (local CA, certificates, later ACME state).
+    pub certs_dir: PathBuf,
+    /// Access log format on stdout.
+    pub access_log: AccessLogFormat,
+    /// How long in-flight requests may run after SIGTERM.
+    pub grace_period: Duration,
+    /// Client and upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Request header limits.
+    pub limits: Limits,
+    /// The sites, in file order.
+    pub sites: Vec<Site>,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One human-readable line per request (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
+}
+
+/// Timeouts, each with a default chosen to match what nginx operators expect.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Time for a client to send a complete request head.
+    pub client_header: Duration,
+    /// A client connection with no request in flight and no traffic for this long is closed.
+    pub client_idle: Duration,
+    /// Time for a client to complete the TLS handshake.
+    pub tls_handshake: Duration,
+    /// Time to open a connection to an upstream member.
+    pub upstream_connect: Duration,
+    /// Time from sending a request upstream to receiving its response head.
+    pub upstream_response: Duration,
+    /// A pooled upstream connection idle for this long is closed instead of reused.
+    pub upstream_idle: Duration,
+}
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head in bytes (431 beyond it).
+    pub max_header_size: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+}
+
+/// One site: a set of host names sharing TLS settings and routes.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Lower-case host names; `*.example.com` matches one label.
+    pub names: Vec<String>,
+    /// Answers handshakes without SNI and requests for unknown hosts.
+    pub default: bool,
+    /// Where the certificate comes from.
+    pub tls: TlsMode,
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+}
+
+/// How a site gets its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Issued by usher's local CA in `certs_dir` (like Caddy's `tls internal`).
+    Internal,
+    /// PEM files given by the operator.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP only: no certificate, no redirect.
+    Off,
+}
+
+/// One route inside a site.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The path prefix that selects this route.
+    pub path: String,
+    /// Remove `path` from the request path before serving or forwarding.
+    pub strip_prefix: bool,
+    /// What to do with the request.
+    pub action: Action,
+}
+
+/// What a route does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Serve files from a folder.
+    Static(StaticRoute),
+    /// Forward to upstream members, round robin.
+    Proxy(Vec<UpstreamAddr>),
+    /// Answer with a redirect; `{uri}` in `to` is replaced by the request's path and query.
+    Redirect { status: StatusCode, to: String },
+}
+
+/// A static route's settings.
+#[derive(Debug, Clone)]
+pub struct StaticRoute {
+    /// The folder served.
+    pub root: PathBuf,
+    /// File served for a directory.
+    pub index: String,
+    /// Served (with 200) when a path is not found: for single-page apps.
+    pub fallback: Option<String>,
+}
+
+/// An upstream member's address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    /// `host:port`; the host is resolved when connecting.
+    Tcp { host: String, port: u16 },
+    /// `unix:/path.sock`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            UpstreamAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            issues: vec![ConfigIssue {
+                line_col: None,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut ck = Checker {
+            text,
+            base: path.parent().map(Path::to_owned).unwrap_or_default(),
+            issues: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line_col = e.span().map(|s| ck.line_col(s.start));
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    issues: vec![ConfigIssue {
+                        line_col,
+                        key: String::new(),
+                        message: e.message().trim().to_owned(),
+                    }],
+                });
+            }
+        };
+        let config = ck.config(raw, path);
+        if ck.issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: path.to_owned(),
+                issues: ck.issues,
+            })
+        }
+    }
+
+    /// A one-line summary for `usher check` and the startup log.
+    pub fn summary(&self) -> String {
+        let routes: usize = self.sites.iter().map(|s| s.routes.len()).sum();
+        let fmt = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        format!(
+            "{} site{}, {} route{}, http {}, https {}",
+            self.sites.len(),
+            if self.sites.len() == 1 { "" } else { "s" },
+            routes,
+            if routes == 1 { "" } else { "s" },
+            fmt(self.http),
+            fmt(self.https)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

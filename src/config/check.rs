@@ -1,0 +1,553 @@
+//! Converting the raw serde structs into a validated [`Config`], collecting every issue.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+use toml::Spanned;
+
+use super::raw::{self, RawConfig, RawRoute, RawSite};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use crate::error::ConfigIssue;
+
+/// Collects issues while converting raw structs into domain types.
+pub(super) struct Checker<'a> {
+    pub(super) text: &'a str,
+    pub(super) base: PathBuf,
+    pub(super) issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    pub(super) fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, col)
+    }
+
+    fn issue(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: String) {
+        let line_col = span.map(|s| self.line_col(s.start));
+        self.issues.push(ConfigIssue {
+            line_col,
+            key: key.into(),
+            message,
+        });
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        parse_duration(v.get_ref()).unwrap_or_else(|msg| {
+            self.issue(Some(v.span()), key, msg);
+            default
+        })
+    }
+
+    fn listener(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: &str,
+    ) -> Option<SocketAddr> {
+        let (text, span) = match v {
+            Some(v) => (v.get_ref().as_str(), Some(v.span())),
+            None => (default, None),
+        };
+        if text == "off" {
+            return None;
+        }
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.issue(span, key, format!("{text:?} is not an address; write it like \"0.0.0.0:443\", \"[::]:443\", or \"off\""));
+                None
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let s = &raw.server;
+        let http = self.listener(&s.http, "server.http", "0.0.0.0:80");
+        let https = self.listener(&s.https, "server.https", "0.0.0.0:443");
+        if http.is_none() && https.is_none() && s.http.is_some() && s.https.is_some() {
+            self.issue(
+                s.http.as_ref().map(|v| v.span()),
+                "server.http",
+                "both listeners are off; keep at least one".into(),
+            );
+        }
+        let certs_dir = self.path(s.certs_dir.as_ref().map_or("certs", |v| v.get_ref()));
+        let access_log = match s
+            .access_log
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("text", _)) => AccessLogFormat::Text,
+            Some(("json", _)) => AccessLogFormat::Json,
+            Some(("off", _)) => AccessLogFormat::Off,
+            Some((other, span)) => {
+                self.issue(
+                    Some(span),
+                    "server.access_log",
+                    format!("{other:?} is not a log format; allowed: \"text\", \"json\", \"off\""),
+                );
+                AccessLogFormat::Text
+            }
+        };
+        let grace_period = self.duration(
+            &s.grace_period,
+            "server.grace_period",
+            Duration::from_secs(30),
+        );
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            client_header: self.duration(
+                &t.client_header,
+                "timeouts.client_header",
+                Duration::from_secs(10),
+            ),
+            client_idle: self.duration(
+                &t.client_idle,
+                "timeouts.client_idle",
+                Duration::from_secs(75),
+            ),
+            tls_handshake: self.duration(
+                &t.tls_handshake,
+                "timeouts.tls_handshake",
+                Duration::from_secs(10),
+            ),
+            upstream_connect: self.duration(
+                &t.upstream_connect,
+                "timeouts.upstream_connect",
+                Duration::from_secs(5),
+            ),
+            upstream_response: self.duration(
+                &t.upstream_response,
+                "timeouts.upstream_response",
+                Duration::from_secs(60),
+            ),
+            // Below gunicorn's 2 s keep-alive default, so usher closes a pooled connection
+            // before the app does and never writes a request onto a socket the app just closed.
+            upstream_idle: self.duration(
+                &t.upstream_idle,
+                "timeouts.upstream_idle",
+                Duration::from_millis(1500),
+            ),
+        };
+        let limits = self.limits(&raw.limits);
+        if let Some(acme) = &raw.acme {
+            self.issue(Some(acme.span()), "acme", "ACME is not available in this version of usher yet; use tls = \"internal\" or cert/key files".into());
+        }
+        if raw.sites.is_empty() {
+            self.issue(
+                None,
+                "site",
+                "no sites; add at least one [[site]] with names and a [[site.route]]".into(),
+            );
+        }
+        let sites: Vec<Site> = raw
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.site(i, s, https.is_some()))
+            .collect();
+        self.cross_site(&raw.sites, &sites);
+        Config {
+            file: path.to_owned(),
+            http,
+            https,
+            certs_dir,
+            access_log,
+            grace_period,
+            timeouts,
+            limits,
+            sites,
+        }
+    }
+
+    fn limits(&mut self, l: &raw::RawLimits) -> Limits {
+        // hyper cannot read a request head in less than 8 KiB of buffer.
+        let mut max_header_size = 64 * 1024;
+        if let Some(v) = &l.max_header_size {
+            match parse_size(v.get_ref()) {
+                Ok(n) if (8192..=1 << 20).contains(&n) => max_header_size = n as usize,
+                Ok(n) => self.issue(
+                    Some(v.span()),
+                    "limits.max_header_size",
+                    format!("{n} bytes is outside the allowed range 8KiB..1MiB"),
+                ),
+                Err(msg) => self.issue(Some(v.span()), "limits.max_header_size", msg),
+            }
+        }
+        let mut max_headers = 100;
+        if let Some(v) = &l.max_headers {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..=1000).contains(&n) => max_headers = n,
+                _ => self.issue(
+                    Some(v.span()),
+                    "limits.max_headers",
+                    format!("{} is outside the allowed range 1..1000", v.get_ref()),
+                ),
+            }
+        }
+        Limits {
+            max_header_size,
+            max_headers,
+        }
+    }
+
+    fn site(&mut self, i: usize, raw: &Spanned<RawSite>, https_on: bool) -> Site {
+        let key = format!("site[{i}]");
+        let span = raw.span();
+        let raw = raw.get_ref();
+        let mut names = Vec::new();
+        match &raw.names {
+            None => self.issue(
+                Some(span.clone()),
+                format!("{key}.names"),
+                "missing; list the host names this site answers, like names = [\"example.com\"]"
+                    .into(),
+            ),
+            Some(v) if v.get_ref().is_empty() => self.issue(
+                Some(v.span()),
+                format!("{key}.names"),
+                "empty; list at least one host name".into(),
+            ),
+            Some(v) => {
+                for n in v.get_ref() {
+                    let name = n.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                    if valid_host_name(&name) {
+                        names.push(name);
+                    } else {
+                        self.issue(Some(n.span()), format!("{key}.names"), format!("{:?} is not a host name or IP address (a leading \"*.\" is allowed)", n.get_ref()));
+                    }
+                }
+            }
+        }
+        let tls = self.tls(&key, raw, &span);
+        if tls != TlsMode::Off && !https_on {
+            self.issue(
+                Some(span.clone()),
+                format!("{key}.tls"),
+                "this site uses TLS but server.https is \"off\"; enable it or set tls = \"off\""
+                    .into(),
+            );
+        }
+        if raw.routes.is_empty() {
+            self.issue(
+                Some(span),
+                format!("{key}.route"),
+                "no routes; add a [[site.route]] with path and one of static, proxy, redirect"
+                    .into(),
+            );
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for (j, r) in raw.routes.iter().enumerate() {
+            let rkey = format!("{key}.route[{j}]");
+            if let Some(route) = self.route(&rkey, r) {
+                if routes.iter().any(|o| o.path == route.path) {
+                    self.issue(
+                        r.get_ref().path.as_ref().map(|p| p.span()),
+                        format!("{rkey}.path"),
+                        format!(
+                            "{:?} is already used by another route of this site",
+                            route.path
+                        ),
+                    );
+                }
+                routes.push(route);
+            }
+        }
+        // Longest prefix first: the first match is the longest.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        Site {
+            names,
+            default: raw.default.as_ref().is_some_and(|d| *d.get_ref()),
+            tls,
+            routes,
+        }
+    }
+
+    fn tls(&mut self, key: &str, raw: &RawSite, span: &Range<usize>) -> TlsMode {
+        let mode = raw.tls.as_ref().map(|t| (t.get_ref().as_str(), t.span()));
+        let has_mode = mode.is_some();
+        match (mode, &raw.cert, &raw.key) {
+            (None | Some(("files", _)), Some(c), Some(k)) => {
+                let (cert, key_path) = (self.path(c.get_ref()), self.path(k.get_ref()));
+                for (p, v, name) in [(&cert, c, "cert"), (&key_path, k, "key")] {
+                    if let Err(e) = std::fs::metadata(p) {
+                        self.issue(
+                            Some(v.span()),
+                            format!("{key}.{name}"),
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                    }
+                }
+                TlsMode::Files {
+                    cert,
+                    key: key_path,
+                }
+            }
+            (None | Some(("files", _)), c, k) if c.is_some() || k.is_some() || has_mode => {
+                self.issue(
+                    Some(span.clone()),
+                    format!("{key}.cert"),
+                    "give both cert and key (PEM file paths)".into(),
+                );
+                TlsMode::Internal
+            }
+            (Some((m, s)), c, k) if c.is_some() || k.is_some() => {
+                self.issue(
+                    Some(s),
+                    format!("{key}.tls"),
+                    format!("tls = {m:?} does not take cert/key files; remove tls or cert and key"),
+                );
+                TlsMode::Internal
+            }
+            (None | Some(("internal", _)), _, _) => TlsMode::Internal,
+            (Some(("off", _)), _, _) => TlsMode::Off,
+            (Some(("acme", s)), _, _) => {
+                self.issue(Some(s), format!("{key}.tls"), "\"acme\" is not available in this version of usher yet; use \"internal\", \"off\", or cert and key files".into());
+                TlsMode::Internal
+            }
+            (Some((m, s)), _, _) => {
+                self.issue(Some(s), format!("{key}.tls"), format!("{m:?} is not a TLS mode; allowed: \"internal\", \"off\", \"acme\", or cert and key files"));
+                TlsMode::Internal
+            }
+        }
+    }
+
+    fn route(&mut self, key: &str, raw: &Spanned<RawRoute>) -> Option<Route> {
+        let span = raw.span();
+        let r = raw.get_ref();
+        let path = match &r.path {
+            None => {
+                self.issue(
+                    Some(span.clone()),
+                    format!("{key}.path"),
+                    "missing; give the path prefix this route serves, like path = \"/\"".into(),
+                );
+                String::new()
+            }
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.issue(
+                    Some(p.span()),
+                    format!("{key}.path"),
+                    format!("{:?} must start with \"/\"", p.get_ref()),
+                );
+                String::new()
+            }
+            Some(p) => p.get_ref().clone(),
+        };
+        let strip_prefix = r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
+        let given = [
+            r.static_root.is_some(),
+            r.proxy.is_some(),
+            r.redirect.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.issue(
+                Some(span),
+                key,
+                "give exactly one of static, proxy, redirect".into(),
+            );
+            return None;
+        }
+        self.only_for(key, "index", &r.index, r.static_root.is_some(), "static");
+        self.only_for(
+            key,
+            "fallback",
+            &r.fallback,
+            r.static_root.is_some(),
+            "static",
+        );
+        self.only_for(key, "status", &r.status, r.redirect.is_some(), "redirect");
+        let action = if let Some(root) = &r.static_root {
+            let dir = self.path(root.get_ref());
+            if !dir.is_dir() {
+                self.issue(
+                    Some(root.span()),
+                    format!("{key}.static"),
+                    format!("{} is not a readable folder", dir.display()),
+                );
+            }
+            let index = r
+                .index
+                .as_ref()
+                .map_or("index.html".to_owned(), |i| i.get_ref().clone());
+            let fallback = r
+                .fallback
+                .as_ref()
+                .map(|f| f.get_ref().trim_start_matches('/').to_owned());
+            for (name, v) in [("index", &Some(index.clone())), ("fallback", &fallback)] {
+                if let Some(v) = v {
+                    if v.is_empty()
+                        || v.contains("..")
+                        || v.contains('\\')
+                        || (name == "index" && v.contains('/'))
+                    {
+                        self.issue(
+                            Some(root.span()),
+                            format!("{key}.{name}"),
+                            format!("{v:?} must be a file name inside the static folder"),
+                        );
+                    }
+                }
+            }
+            Action::Static(StaticRoute {
+                root: dir,
+                index,
+                fallback,
+            })
+        } else if let Some(list) = &r.proxy {
+            if list.get_ref().is_empty() {
+                self.issue(Some(list.span()), format!("{key}.proxy"), "empty; list at least one upstream like \"127.0.0.1:8000\" or \"unix:/run/app.sock\"".into());
+            }
+            let mut addrs = Vec::new();
+            for a in list.get_ref() {
+                match parse_upstream(a.get_ref()) {
+                    Ok(addr) => addrs.push(self.resolve_unix(addr)),
+                    Err(msg) => self.issue(Some(a.span()), format!("{key}.proxy"), msg),
+                }
+            }
+            Action::Proxy(addrs)
+        } else {
+            let to = r
+                .redirect
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_default();
+            let status = match &r.status {
+                None => StatusCode::PERMANENT_REDIRECT,
+                Some(s) => {
+                    match *s.get_ref() {
+                        n @ (301 | 302 | 303 | 307 | 308) => {
+                            StatusCode::from_u16(n as u16).expect("listed codes are valid")
+                        }
+                        n => {
+                            self.issue(Some(s.span()), format!("{key}.status"), format!("{n} is not a redirect status; allowed: 301, 302, 303, 307, 308"));
+                            StatusCode::PERMANENT_REDIRECT
+                        }
+                    }
+                }
+            };
+            if to.is_empty() || to.contains(['\r', '\n']) {
+                self.issue(
+                    r.redirect.as_ref().map(|t| t.span()),
+                    format!("{key}.redirect"),
+                    "give a target URL or path (\"{uri}\" stands for the request's path and query)"
+                        .into(),
+                );
+            }
+            Action::Redirect { status, to }
+        };
+        Some(Route {
+            path,
+            strip_prefix,
+            action,
+        })
+    }
+
+    fn only_for<T>(
+        &mut self,
+        key: &str,
+        name: &str,
+        v: &Option<Spanned<T>>,
+        ok: bool,
+        action: &str,
+    ) {
+        if let (Some(v), false) = (v, ok) {
+            self.issue(
+                Some(v.span()),
+                format!("{key}.{name}"),
+                format!("{name} only applies to {action} routes"),
+            );
+        }
+    }
+
+    fn resolve_unix(&self, addr: UpstreamAddr) -> UpstreamAddr {
+        match addr {
+            UpstreamAddr::Unix(p) => UpstreamAddr::Unix(self.base.join(p)),
+            tcp => tcp,
+        }
+    }
+
+    fn cross_site(&mut self, raw: &[Spanned<RawSite>], sites: &[Site]) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, site) in sites.iter().enumerate() {
+            for name in &site.names {
+                if let Some(first) = seen.insert(name, i) {
+                    let span = raw[i].get_ref().names.as_ref().map(|n| n.span());
+                    self.issue(
+                        span,
+                        format!("site[{i}].names"),
+                        format!("{name:?} is already a name of site[{first}]"),
+                    );
+                }
+            }
+        }
+        let defaults: Vec<usize> = (0..sites.len()).filter(|&i| sites[i].default).collect();
+        for &i in defaults.iter().skip(1) {
+            let span = raw[i].get_ref().default.as_ref().map(|d| d.span());
+            self.issue(
+                span,
+                format!("site[{i}].default"),
+                format!(
+                    "site[{}] is already the default site; only one may be",
+                    defaults[0]
+                ),
+            );
+        }
+    }
+}
+
+/// Parses `host:port`, `[v6]:port` or `unix:/path`.
+pub fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!(
+                "{s:?} names no socket path; write it like \"unix:/run/app.sock\""
+            ));
+        }
+        return Ok(UpstreamAddr::Unix(PathBuf::from(path)));
+    }
+    let bad = || {
+        format!("{s:?} is not an upstream address; write it like \"127.0.0.1:8000\", \"app:8000\" or \"unix:/run/app.sock\"")
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| bad())?
+            .to_string(),
+        None if valid_host_name(host) && !host.starts_with('*') => host.to_owned(),
+        None => return Err(bad()),
+    };
+    Ok(UpstreamAddr::Tcp { host, port })
+}
+
+/// A DNS name (optionally with a leading `*.`) or an IP address.
+fn valid_host_name(name: &str) -> bool {
+    if name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+        })
+}

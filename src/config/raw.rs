@@ -1,0 +1,82 @@
+//! The raw serde mirror of proxy.toml. Every table denies unknown keys so a typo is an error,
+//! and every value that is validated later keeps its span so the error can name its line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+type S<T> = Option<Spanned<T>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Reserved for the ACME issue; rejected with a clear message until then.
+    pub acme: S<toml::Value>,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<Spanned<RawSite>>,
+}
+
+/// `[server]`: listeners, storage and logging.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub http: S<String>,
+    pub https: S<String>,
+    pub certs_dir: S<String>,
+    pub access_log: S<String>,
+    pub grace_period: S<String>,
+}
+
+/// `[timeouts]`: durations like "10s", "500ms", "2m".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub client_header: S<String>,
+    pub client_idle: S<String>,
+    pub tls_handshake: S<String>,
+    pub upstream_connect: S<String>,
+    pub upstream_response: S<String>,
+    pub upstream_idle: S<String>,
+}
+
+/// `[limits]`: request header limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_size: S<String>,
+    pub max_headers: S<i64>,
+}
+
+/// `[[site]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub names: S<Vec<Spanned<String>>>,
+    pub default: S<bool>,
+    pub tls: S<String>,
+    pub cert: S<String>,
+    pub key: S<String>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[[site.route]]`: exactly one of `static`, `proxy`, `redirect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: S<String>,
+    pub strip_prefix: S<bool>,
+    #[serde(rename = "static")]
+    pub static_root: S<String>,
+    pub index: S<String>,
+    pub fallback: S<String>,
+    pub proxy: S<Vec<Spanned<String>>>,
+    pub redirect: S<String>,
+    pub status: S<i64>,
+}

@@ -1,0 +1,248 @@
+//! Errors: `ProxyError` for one request (with the one status table), `ConfigError` for a bad
+//! proxy.toml, `StartupError` for everything that stops the server from starting.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use http::StatusCode;
+
+/// Who is at fault for a failed request: decides the status, the log level and (later) whether
+/// a retry is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not serve.
+    Client,
+    /// The upstream app failed or was too slow.
+    Upstream,
+    /// usher itself failed (an I/O error reading a static file, say).
+    Usher,
+}
+
+/// Everything that can go wrong while answering one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No site answers this Host (and no default site is configured).
+    #[error("no site for host {host:?}")]
+    UnknownHost { host: String, tls: bool },
+    /// The TLS connection was made for one site and the request names another.
+    #[error("host {host:?} is not served on this TLS connection (SNI {sni:?})")]
+    Misdirected { host: String, sni: String },
+    /// The site has no route for this path.
+    #[error("no route for path")]
+    NoRoute,
+    /// A request we refuse to parse further (bad path encoding, missing Host).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A static path that tries to leave its root.
+    #[error("forbidden path: {0}")]
+    Forbidden(&'static str),
+    /// The static file does not exist.
+    #[error("not found")]
+    NotFound,
+    /// Reading a static file failed for a reason other than absence.
+    #[error("static file error: {0}")]
+    Static(#[source] io::Error),
+    /// The upstream could not be reached (refused, unreachable, DNS).
+    #[error("connect to upstream {addr} failed: {source}")]
+    UpstreamConnect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting to the upstream took longer than `upstream_connect`.
+    #[error("connect to upstream {addr} timed out")]
+    UpstreamConnectTimeout { addr: String },
+    /// The upstream broke the HTTP exchange (reset, malformed response).
+    #[error("upstream {addr} failed: {source}")]
+    UpstreamProtocol {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// The upstream sent no response head within `upstream_response`.
+    #[error("upstream {addr} sent no response in time")]
+    UpstreamTimeout { addr: String },
+}
+
+impl ProxyError {
+    /// The one status table: every error becomes exactly this status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost { tls: true, .. } | ProxyError::Misdirected { .. } => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
+            ProxyError::UnknownHost { tls: false, .. } | ProxyError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Static(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::UnknownHost { .. }
+            | ProxyError::Misdirected { .. }
+            | ProxyError::NoRoute
+            | ProxyError::BadRequest(_)
+            | ProxyError::Forbidden(_)
+            | ProxyError::NotFound => Side::Client,
+            ProxyError::Static(_) => Side::Usher,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
+        }
+    }
+
+    /// The short plain-text body sent to the client. It names no internal address.
+    pub fn body(&self) -> &'static str {
+        match self.status() {
+            StatusCode::MISDIRECTED_REQUEST => {
+                "421 misdirected request: this host is not served on this connection\n"
+            }
+            StatusCode::NOT_FOUND => "404 not found\n",
+            StatusCode::BAD_REQUEST => "400 bad request\n",
+            StatusCode::FORBIDDEN => "403 forbidden\n",
+            StatusCode::BAD_GATEWAY => "502 bad gateway: the app could not be reached\n",
+            StatusCode::GATEWAY_TIMEOUT => "504 gateway timeout: the app did not answer in time\n",
+            _ => "500 internal server error\n",
+        }
+    }
+}
+
+/// One mistake in a config file, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based line and column, when known.
+    pub line_col: Option<(usize, usize)>,
+    /// The key path, like `site[1].route[0].proxy`; empty for syntax errors.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// A config file that cannot be used; lists every issue found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// At least one issue.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(
+            f,
+            "{}: {} error{} in config",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            write!(f, "  {}", self.file.display())?;
+            if let Some((line, col)) = issue.line_col {
+                write!(f, ":{line}:{col}")?;
+            }
+            if !issue.key.is_empty() {
+                write!(f, ": {}", issue.key)?;
+            }
+            writeln!(f, ": {}", issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why `Server::start` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// certs/ or a certificate file could not be read or written.
+    #[error("certificate storage {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A certificate or key file exists but is not usable.
+    #[error("certificate {path}: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
+    /// Creating a certificate with rcgen failed.
+    #[error("cannot create certificate for {what}: {source}")]
+    CertGen {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// rustls refused the TLS configuration.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_maps_sides() {
+        let e = ProxyError::UnknownHost {
+            host: "x".into(),
+            tls: true,
+        };
+        assert_eq!(e.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(e.side(), Side::Client);
+        let e = ProxyError::UnknownHost {
+            host: "x".into(),
+            tls: false,
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = ProxyError::UpstreamTimeout { addr: "a".into() };
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.side(), Side::Upstream);
+        assert!(e.body().starts_with("504"));
+    }
+
+    #[test]
+    fn config_error_lists_every_issue_with_location() {
+        let e = ConfigError {
+            file: "proxy.toml".into(),
+            issues: vec![
+                ConfigIssue {
+                    line_col: Some((3, 7)),
+                    key: "site[0].tls".into(),
+                    message: "bad".into(),
+                },
+                ConfigIssue {
+                    line_col: None,
+                    key: String::new(),
+                    message: "worse".into(),
+                },
+            ],
+        };
+        let s = e.to_string();
+        assert!(s.contains("2 errors"));
+        assert!(s.contains("proxy.toml:3:7: site[0].tls: bad"));
+        assert!(s.contains("proxy.toml: worse"));
+    }
+}

@@ -1,0 +1,34 @@
+//! usher: a small, fast reverse proxy for web apps.
+//!
+//! ```text
+//! connection: accept (TCP_NODELAY) -> TLS handshake (SNI -> CertResolver, timeout)
+//!             -> hyper-util auto (HTTP/1.1 + h2, header timeout) -> idle watcher, drain
+//! request:    Proxy::handle -> try_handle:
+//!   1. ACME HTTP-01 challenge?            (reserved)
+//!   2. routes snapshot -> site by Host -> route by longest path prefix
+//!   3. plain HTTP on a TLS site?          -> 308 to https
+//!   4. dispatch: static | redirect | forward
+//!   5. forward: rewrite headers -> pool.send (round robin, keep-alive pool)
+//!               -> strip hop-by-hop -> stream the response
+//! errors:     ProxyError -> one status table (error.rs) -> short text body + one log line
+//! ```
+//!
+//! `server::start(config)` runs everything and returns a [`server::ServerHandle`].
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod body;
+pub mod certs;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod signals;
+pub mod static_files;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{start, ServerHandle};

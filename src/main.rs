@@ -1,0 +1,105 @@
+//! The usher command line: `run` (the default), `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use usher::Config;
+
+/// Exit code for a config that cannot be used (from `check` and `run`).
+const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit code for a failure at run time (a port in use, an unreadable certificate).
+const EXIT_RUNTIME: u8 = 1;
+
+/// A small, fast reverse proxy: TLS with a local CA or your certificates, static files, and
+/// upstream app pools.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for `usher` with no subcommand, which means `usher run`).
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and exit: 0 if it is usable, 2 with every error if not.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!("{}: ok: {}", cli.config.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("usher: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(async move {
+        let signal = match usher::signals::shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("usher: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let summary = config.summary();
+        let handle = match usher::start(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("usher: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        tracing::info!(
+            "usher {} listening: http={} https={} ({summary})",
+            env!("CARGO_PKG_VERSION"),
+            show(handle.http_addr),
+            show(handle.https_addr),
+        );
+        if let Some(ca) = &handle.local_ca {
+            tracing::info!("local CA certificate: {ca} (trust it, e.g. curl --cacert {ca})");
+        }
+        let which = signal.await;
+        tracing::info!("{which}: draining");
+        handle.shutdown();
+        handle.wait().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

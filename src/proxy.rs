@@ -1,0 +1,295 @@
+//! The request path. `handle` never fails: it calls `try_handle` and turns an error into a
+//! response through the status table in `error.rs`. `try_handle` reads like the spec:
+//!
+//! 1. ACME HTTP-01 challenge? (reserved: answered by the ACME work; 404 until then)
+//! 2. Load the current routes snapshot, find the site (by Host) and route (by path prefix).
+//! 3. Plain HTTP on a TLS site? 308 to https.
+//! 4. Dispatch on the route's action: static files, redirect, or `forward`.
+//! 5. `forward`: rewrite request headers -> `pool.send` -> rewrite response headers -> respond.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, LogTail};
+use crate::body::{Body, Logged, UpstreamBody};
+use crate::error::{ProxyError, Side};
+use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
+use crate::routing::{RouteAction, RouteEntry, Routes};
+use crate::server::ConnInfo;
+use crate::upstream::Pool;
+
+/// The path prefix reserved for ACME HTTP-01 challenges: never redirected or proxied.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Shared request-path state.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: ArcSwap<Routes>,
+    /// Port used in redirects to https (`None`: the default 443, omitted from URLs).
+    https_port: Option<u16>,
+    log: Option<AccessLog>,
+}
+
+impl Proxy {
+    /// A proxy over `routes`.
+    pub fn new(routes: Routes, https_port: Option<u16>, log: Option<AccessLog>) -> Proxy {
+        Proxy {
+            routes: ArcSwap::from_pointee(routes),
+            https_port: https_port.filter(|p| *p != 443),
+            log,
+        }
+    }
+
+    /// Answers one request; every outcome, error or not, is a response and one log line.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Logged> {
+        let mut tail = LogTail::new(
+            self.log.clone(),
+            conn.clone(),
+            Instant::now(),
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get(header::HOST).cloned(),
+        );
+        let resp = match self.try_handle(req, &conn, &mut tail).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                match e.side() {
+                    Side::Client => {
+                        tracing::debug!(peer = %conn.peer, error = %e, "request refused")
+                    }
+                    Side::Upstream => {
+                        tracing::error!(peer = %conn.peer, error = %e, "upstream failed")
+                    }
+                    Side::Usher => tracing::error!(peer = %conn.peer, error = %e, "request failed"),
+                }
+                error_response(&e)
+            }
+        };
+        tail.set_status(resp.status());
+        resp.map(|b| Logged::new(b, tail))
+    }
+
+    async fn try_handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        tail: &mut LogTail,
+    ) -> Result<Response<Body>, ProxyError> {
+        // 1. ACME HTTP-01 challenges
+        if !conn.tls && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
+            return Err(ProxyError::NotFound);
+        }
+        // 2. site and route
+        let routes = self.routes.load_full();
+        let host = request_host(&req)?;
+        let site_id = routes
+            .site_for(host)
+            .ok_or_else(|| ProxyError::UnknownHost {
+                host: host.to_owned(),
+                tls: conn.tls,
+            })?;
+        if let Some(sni) = &conn.sni {
+            if routes.site_for(sni) != Some(site_id) {
+                return Err(ProxyError::Misdirected {
+                    host: host.to_owned(),
+                    sni: sni.to_string(),
+                });
+            }
+        }
+        let site = routes.site(site_id);
+        // 3. plain HTTP on a TLS site
+        if site.tls && !conn.tls {
+            return Ok(self.https_redirect(host, req.uri()));
+        }
+        let route = site
+            .route_for(req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        // 4. dispatch
+        match &route.action {
+            RouteAction::Static(files) => {
+                let rel = rest_of_path(route, req.uri().path()).to_owned();
+                files.serve(req, &rel).await
+            }
+            RouteAction::Redirect { status, to } => {
+                let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+                Ok(redirect(*status, &to.replace("{uri}", uri)))
+            }
+            RouteAction::Proxy(pool) => forward(pool, req, route, conn, tail).await,
+        }
+    }
+
+    fn https_redirect(&self, host: &str, uri: &Uri) -> Response<Body> {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let location = match self.https_port {
+            Some(port) => format!("https://{host}:{port}{pq}"),
+            None => format!("https://{host}{pq}"),
+        };
+        redirect(StatusCode::PERMANENT_REDIRECT, &location)
+    }
+}
+
+/// 5. Forward to the route's pool.
+async fn forward(
+    pool: &Pool,
+    req: Request<Incoming>,
+    route: &RouteEntry,
+    conn: &ConnInfo,
+    tail: &mut LogTail,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    // Host as the client sent it; an HTTP/2 client sends :authority instead, which becomes Host.
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
+    if let Some(h) = &host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = upstream_uri(&parts.uri, route)?;
+    parts.version = Version::HTTP_11;
+    let sent = pool
+        .send(Request::from_parts(parts, body))
+        .await
+        .map_err(|(e, upstream)| {
+            tail.upstream = Some(upstream);
+            e
+        })?;
+    tail.upstream = Some(sent.upstream);
+    let (mut parts, body) = sent.response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        Body::Upstream {
+            body: UpstreamBody::new(body, sent.conn),
+        },
+    ))
+}
+
+/// The origin-form URI sent upstream: the path (minus the route prefix if it strips) and query.
+fn upstream_uri(uri: &Uri, route: &RouteEntry) -> Result<Uri, ProxyError> {
+    let bad = |_| ProxyError::BadRequest("path cannot be forwarded");
+    if !route.strip_prefix {
+        return match uri.path_and_query() {
+            Some(pq) => Ok(Uri::from(pq.clone())),
+            None => Ok(Uri::from_static("/")),
+        };
+    }
+    let rest = rest_of_path(route, uri.path());
+    let mut s = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, |q| q.len() + 1));
+    if !rest.starts_with('/') {
+        s.push('/');
+    }
+    s.push_str(rest);
+    if let Some(q) = uri.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    Uri::try_from(s).map_err(bad)
+}
+
+/// The request path below the route's prefix when the route strips it, else the whole path.
+fn rest_of_path<'a>(route: &RouteEntry, path: &'a str) -> &'a str {
+    if route.strip_prefix {
+        path.strip_prefix(route.path.as_str()).unwrap_or(path)
+    } else {
+        path
+    }
+}
+
+/// The host a request names, without port: `:authority` on HTTP/2 (and absolute-form
+/// HTTP/1.1), else the Host header. HTTP/1.1 without Host is a 400 (RFC 9112 section 3.2).
+fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(host_without_port(a.as_str()));
+    }
+    match req.headers().get(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .map(host_without_port)
+            .map_err(|_| ProxyError::BadRequest("Host is not valid text")),
+        None if req.version() == Version::HTTP_10 => Ok(""),
+        None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+fn error_response(e: &ProxyError) -> Response<Body> {
+    let mut resp = Response::new(Body::full(e.body()));
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RouteAction;
+
+    fn route(path: &str, strip: bool) -> RouteEntry {
+        RouteEntry {
+            path: path.into(),
+            strip_prefix: strip,
+            action: RouteAction::Redirect {
+                status: StatusCode::FOUND,
+                to: "/".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn upstream_uri_keeps_or_strips_the_prefix() {
+        let uri: Uri = "https://h/api/users?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&uri, &route("/api/", false)).unwrap(),
+            "/api/users?x=1"
+        );
+        assert_eq!(
+            upstream_uri(&uri, &route("/api/", true)).unwrap(),
+            "/users?x=1"
+        );
+        assert_eq!(
+            upstream_uri(&uri, &route("/api", true)).unwrap(),
+            "/users?x=1"
+        );
+        let root: Uri = "/api/".parse().unwrap();
+        assert_eq!(upstream_uri(&root, &route("/api/", true)).unwrap(), "/");
+    }
+
+    #[test]
+    fn host_comes_from_authority_then_header() {
+        let req = Request::get("https://Example.com:8443/x").body(()).unwrap();
+        assert_eq!(request_host(&req).unwrap(), "Example.com");
+        let req = Request::get("/x")
+            .header("host", "a.test:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).unwrap(), "a.test");
+        let req = Request::get("/x").body(()).unwrap();
+        assert!(request_host(&req).is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! Listeners, the accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 connections, the idle watcher
+//! and the graceful drain.
+//!
+//! Per connection: accept (TCP_NODELAY) -> TLS handshake under `tls_handshake` with the SNI
+//! resolver -> hyper-util's auto builder (HTTP/1.1 with a header read timeout, or HTTP/2) ->
+//! served until the client closes, the idle watcher closes it, or shutdown drains it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::certs::{self, FileStorage, LocalCa};
+use crate::config::{Config, TlsMode};
+use crate::error::StartupError;
+use crate::proxy::Proxy;
+use crate::routing::Routes;
+use crate::tls::{self, CertMap, CertResolver};
+
+/// Listen backlog: enough for a burst of new connections (nginx's benchmark config uses 4096).
+const BACKLOG: u32 = 4096;
+
+/// Facts about one client connection, shared by its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether it arrived on the TLS listener.
+    pub tls: bool,
+    /// The SNI name the client asked for, if any.
+    pub sni: Option<Box<str>>,
+    in_flight: AtomicU32,
+    /// Milliseconds since `epoch` at the last read or write.
+    last_active: AtomicU64,
+    epoch: Instant,
+}
+
+impl ConnInfo {
+    fn new(peer: SocketAddr, tls: bool, sni: Option<Box<str>>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            sni,
+            in_flight: AtomicU32::new(0),
+            last_active: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// A request on this connection began.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request on this connection ended (response sent or abandoned).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle-expired, or `None` if a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_active.load(Ordering::Relaxed));
+        Some(self.epoch + last + idle)
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// The plain HTTP listener's address (useful when the config asked for port 0).
+    pub http_addr: Option<SocketAddr>,
+    /// The TLS listener's address.
+    pub https_addr: Option<SocketAddr>,
+    /// Where the local CA certificate is, when a site uses `tls = "internal"`.
+    pub local_ca: Option<String>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+    log: Option<AccessLog>,
+}
+
+impl ServerHandle {
+    /// Stops accepting and drains: in-flight requests finish within the grace period.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped (after `shutdown`) and the access log is written.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+        if let Some(log) = self.log {
+            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+        }
+    }
+}
+
+struct Shared {
+    proxy: Proxy,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    /// Cancelled when draining starts.
+    drain: CancellationToken,
+    /// Cancelled when the grace period is over: remaining connections are dropped.
+    hard_stop: CancellationToken,
+}
+
+/// Starts the server described by `config`, writing the access log to stdout.
+pub async fn start(config: Config) -> Result<ServerHandle, StartupError> {
+    start_with_log(config, Box::new(io::stdout())).await
+}
+
+/// Starts the server with the access log going to `log_sink`.
+pub async fn start_with_log(
+    config: Config,
+    log_sink: Box<dyn io::Write + Send>,
+) -> Result<ServerHandle, StartupError> {
+    let provider = tls::provider();
+    let resolver = Arc::new(CertResolver::default());
+    let mut local_ca = None;
+    if config.sites.iter().any(|s| s.tls == TlsMode::Internal) {
+        let storage =
+            FileStorage::open(&config.certs_dir).map_err(|source| StartupError::Storage {
+                path: config.certs_dir.clone(),
+                source,
+            })?;
+        local_ca = Some(Arc::new(LocalCa::load_or_create(&storage).await?));
+    }
+    resolver.replace(cert_map(&config, local_ca.as_deref(), &provider)?);
+    let routes = Routes::build(&config).map_err(|source| StartupError::Storage {
+        path: config.file.clone(),
+        source,
+    })?;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.client_header)
+        .max_buf_size(config.limits.max_header_size)
+        .max_headers(config.limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.limits.max_header_size as u32);
+
+    let http = match config.http {
+        Some(a) => Some(bind(a)?),
+        None => None,
+    };
+    let https = match config.https {
+        Some(a) if config.sites.iter().any(|s| s.tls != TlsMode::Off) => Some(bind(a)?),
+        _ => None,
+    };
+    let tls = match &https {
+        Some(_) => Some(TlsAcceptor::from(tls::server_config(
+            resolver.clone(),
+            provider.clone(),
+        )?)),
+        None => None,
+    };
+    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let (http_addr, https_addr) = (addr(&http), addr(&https));
+    let log = AccessLog::start(config.access_log, log_sink);
+    // The bound port, not the configured one: they differ when the config asks for port 0.
+    let proxy = Proxy::new(routes, https_addr.map(|a| a.port()), log.clone());
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        proxy,
+        builder,
+        tls,
+        handshake_timeout: config.timeouts.tls_handshake,
+        idle_timeout: config.timeouts.client_idle,
+        drain: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let tracker = TaskTracker::new();
+    for (listener, is_tls) in [(http, false), (https, true)] {
+        if let Some(listener) = listener {
+            tokio::spawn(accept_loop(
+                listener,
+                is_tls,
+                shared.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
+    if let Some(ca) = &local_ca {
+        tokio::spawn(renew_internal(
+            config.clone(),
+            ca.clone(),
+            provider,
+            resolver,
+            shutdown.clone(),
+        ));
+    }
+    let grace = config.grace_period;
+    let done = tokio::spawn(async move {
+        shared.drain.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
+            shared.hard_stop.cancel();
+            tracker.wait().await;
+        }
+    });
+    Ok(ServerHandle {
+        http_addr,
+        https_addr,
+        local_ca: local_ca.map(|ca| ca.cert_location().to_owned()),
+        shutdown,
+        done,
+        log,
+    })
+}
+
+fn cert_map(
+    config: &Config,
+    ca: Option<&LocalCa>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<CertMap, StartupError> {
+    let mut map = CertMap::default();
+    for site in &config.sites {
+        let cert = match (&site.tls, ca) {
+            (TlsMode::Internal, Some(ca)) => ca.issue(&site.names, provider)?,
+            (TlsMode::Files { cert, key }, _) => certs::load_pem_files(cert, key, provider)?,
+            _ => continue,
+        };
+        map.insert(&site.names, cert, site.default);
+    }
+    Ok(map)
+}
+
+/// Re-issues internal leaf certificates when a third of their lifetime remains.
+async fn renew_internal(
+    config: Config,
+    ca: Arc<LocalCa>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    resolver: Arc<CertResolver>,
+    shutdown: CancellationToken,
+) {
+    let every = certs::INTERNAL_LEAF_LIFETIME * 2 / 3;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match cert_map(&config, Some(&ca), &provider) {
+            Ok(map) => {
+                resolver.replace(map);
+                tracing::info!("re-issued internal certificates");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "re-issuing internal certificates failed; keeping the current ones")
+            }
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let err = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    is_tls: bool,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.drain.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning; the error is not
+                // the listener's fault and will pass.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tracker.spawn(serve_tcp(tcp, peer, is_tls, shared.clone()));
+    }
+}
+
+async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, is_tls: bool, shared: Arc<Shared>) {
+    match (&shared.tls, is_tls) {
+        (Some(acceptor), true) => {
+            let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp));
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = shared.drain.cancelled() => return,
+            };
+            let sni = stream.get_ref().1.server_name().map(Box::from);
+            serve_conn(stream, ConnInfo::new(peer, true, sni), shared).await;
+        }
+        _ => serve_conn(tcp, ConnInfo::new(peer, false, None), shared).await,
+    }
+}
+
+async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let io = TokioIo::new(Watched {
+        io,
+        info: info.clone(),
+    });
+    let svc = {
+        let (shared, info) = (shared.clone(), info.clone());
+        service_fn(move |req| {
+            let (shared, info) = (shared.clone(), info.clone());
+            async move { Ok::<_, std::convert::Infallible>(shared.proxy.handle(req, info).await) }
+        })
+    };
+    let conn = shared.builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let idle = tokio::time::sleep(shared.idle_timeout);
+    tokio::pin!(idle);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shared.drain.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle.as_mut(), if !closing => match info.idle_deadline(shared.idle_timeout) {
+                Some(deadline) if deadline <= Instant::now() => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Some(deadline) => idle.as_mut().reset(deadline),
+                None => idle.as_mut().reset(Instant::now() + shared.idle_timeout),
+            },
+            _ = shared.hard_stop.cancelled() => return,
+        }
+    }
+}
+
+/// Records the time of every read and write, for the idle watcher.
+struct Watched<I> {
+    io: I,
+    info: Arc<ConnInfo>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.info.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

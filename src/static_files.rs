@@ -1,0 +1,186 @@
+//! Static files: usher's own path check in front of tower-http's `ServeFile`, which does the
+//! HTTP part (Content-Type, Range, Last-Modified / If-Modified-Since, precompressed siblings).
+//!
+//! ServeDir alone is not enough: it follows symlinks out of the root and turns a NUL byte into
+//! a 500. Here a request path is decoded once, refused if it holds NUL, an encoded separator, a
+//! backslash or a dot segment, then resolved with `canonicalize` and required to stay under the
+//! canonical root. The same check applies to the index file, the fallback file and any
+//! precompressed sibling.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::body::Body;
+use crate::config::StaticRoute;
+use crate::error::ProxyError;
+
+/// One static route's folder.
+#[derive(Debug)]
+pub struct StaticFiles {
+    root: PathBuf,
+    index: String,
+    fallback: Option<String>,
+}
+
+/// Outcome of resolving a request path.
+enum Resolved {
+    File(PathBuf),
+    /// A folder requested without its trailing slash: redirect so relative links work.
+    AddSlash,
+}
+
+impl StaticFiles {
+    /// Resolves the root once; it must exist.
+    pub fn new(route: &StaticRoute) -> io::Result<StaticFiles> {
+        Ok(StaticFiles {
+            root: std::fs::canonicalize(&route.root)?,
+            index: route.index.clone(),
+            fallback: route.fallback.clone(),
+        })
+    }
+
+    /// Serves `rel` (the request path, with the route prefix already removed if it strips).
+    pub async fn serve<B>(&self, req: Request<B>, rel: &str) -> Result<Response<Body>, ProxyError>
+    where
+        B: Send + 'static,
+    {
+        let file = match self.resolve(rel).await {
+            Ok(Resolved::File(f)) => f,
+            Ok(Resolved::AddSlash) => return Ok(add_slash(&req)),
+            Err(ProxyError::NotFound) => match &self.fallback {
+                Some(fb) => match self.resolve(fb).await? {
+                    Resolved::File(f) => f,
+                    Resolved::AddSlash => return Err(ProxyError::NotFound),
+                },
+                None => return Err(ProxyError::NotFound),
+            },
+            Err(e) => return Err(e),
+        };
+        let accepts = |enc: &str| {
+            req.headers()
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|s| s.contains(enc)))
+        };
+        let mut svc = ServeFile::new(&file);
+        if accepts("br") && self.sibling_ok(&file, "br").await {
+            svc = svc.precompressed_br();
+        }
+        if accepts("gzip") && self.sibling_ok(&file, "gz").await {
+            svc = svc.precompressed_gzip();
+        }
+        let resp = svc.oneshot(req).await.unwrap_or_else(|e| match e {});
+        Ok(resp.map(|body| Body::Static { body }))
+    }
+
+    async fn resolve(&self, rel: &str) -> Result<Resolved, ProxyError> {
+        let rel_path = sanitize(rel)?;
+        let found = self.inside(&self.root.join(&rel_path)).await?;
+        if !found.is_dir() {
+            return Ok(Resolved::File(found));
+        }
+        if !rel.is_empty() && !rel.ends_with('/') {
+            return Ok(Resolved::AddSlash);
+        }
+        let index = self.inside(&found.join(&self.index)).await?;
+        if index.is_dir() {
+            return Err(ProxyError::NotFound);
+        }
+        Ok(Resolved::File(index))
+    }
+
+    /// Resolves symlinks and requires the result to stay under the root.
+    async fn inside(&self, path: &Path) -> Result<PathBuf, ProxyError> {
+        match tokio::fs::canonicalize(path).await {
+            Ok(real) if real.starts_with(&self.root) => Ok(real),
+            Ok(_) => Err(ProxyError::Forbidden(
+                "symlink leads outside the static root",
+            )),
+            Err(e) => match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Err(ProxyError::NotFound),
+                io::ErrorKind::PermissionDenied => Err(ProxyError::Forbidden("permission denied")),
+                _ => Err(ProxyError::Static(e)),
+            },
+        }
+    }
+
+    /// A precompressed sibling is used only if it exists and stays under the root too.
+    async fn sibling_ok(&self, file: &Path, ext: &str) -> bool {
+        let mut s = file.as_os_str().to_owned();
+        s.push(".");
+        s.push(ext);
+        self.inside(Path::new(&s)).await.is_ok()
+    }
+}
+
+/// Decodes a URL path into a relative file path, refusing anything that could step outside.
+pub fn sanitize(raw: &str) -> Result<PathBuf, ProxyError> {
+    // Encoded separators and NUL are refused before decoding, so decoding cannot create them.
+    let lower_has = |pat: &str| {
+        raw.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(pat.as_bytes()))
+    };
+    if raw.contains('\\') || lower_has("%2f") || lower_has("%5c") || lower_has("%00") {
+        return Err(ProxyError::Forbidden(
+            "encoded separator, backslash or NUL in path",
+        ));
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ProxyError::NotFound)?;
+    let mut out = PathBuf::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" => {}
+            "." | ".." => return Err(ProxyError::Forbidden("dot segment in path")),
+            s if s.contains('\0') => return Err(ProxyError::Forbidden("NUL in path")),
+            s => out.push(s),
+        }
+    }
+    Ok(out)
+}
+
+fn add_slash<B>(req: &Request<B>) -> Response<Body> {
+    let mut location = format!("{}/", req.uri().path());
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_refuses_escapes() {
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/%2E%2E%2Fx",
+            "/a%2fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00b",
+            "/./x",
+        ] {
+            assert!(sanitize(bad).is_err(), "{bad}");
+        }
+        assert_eq!(sanitize("/a//b/c.txt").unwrap(), PathBuf::from("a/b/c.txt"));
+        assert_eq!(sanitize("/a%20b").unwrap(), PathBuf::from("a b"));
+        assert_eq!(sanitize("/").unwrap(), PathBuf::new());
+    }
+}
