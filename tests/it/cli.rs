@@ -1,0 +1,169 @@
+//! The command line: `check` on good and bad configs, exit codes, and the shipped proxy.toml
+//! serving out of the box.
+
+use std::path::Path;
+
+use crate::support::process::{run, Running};
+use crate::support::{Client, Proto};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write(dir: &Path, text: &str) -> String {
+    let p = dir.join("proxy.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn shipped_proxy_toml_passes_check() {
+    let (status, out, err) = run(&["check"], repo());
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("proxy.toml: ok: 1 site, 2 routes"), "{out}");
+    assert_eq!(out.lines().count(), 1, "one-line summary: {out}");
+}
+
+#[test]
+fn syntax_error_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[server]\nhttp = \"127.0.0.1:80\"\nhttps = 127.0.0.1:443\n",
+    );
+    let (status, _, err) = run(&["check", "--config", &file], dir.path());
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains(&format!("{file}:3:")), "{err}");
+}
+
+#[test]
+fn unknown_key_is_an_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"127.0.0.1:9\"]\nstrip_prefixx = true\n",
+    );
+    let (status, _, err) = run(&["check", "-c", &file], dir.path());
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("unknown field `strip_prefixx`"), "{err}");
+    assert!(err.contains(&format!("{file}:7:")), "{err}");
+    assert!(
+        err.contains("strip_prefix"),
+        "the error lists the allowed keys: {err}"
+    );
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_once_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        r#"[timeouts]
+client_idle = "forever"
+
+[[site]]
+names = ["a.test"]
+tls = "acme"
+[[site.route]]
+path = "api"
+proxy = ["127.0.0.1"]
+
+[[site]]
+names = ["a.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+redirect = "/x"
+status = 200
+"#,
+    );
+    let (status, _, err) = run(&["check", "--config", &file], dir.path());
+    assert_eq!(status.code(), Some(2));
+    for expected in [
+        format!("{file}:2:15: timeouts.client_idle"),
+        format!("{file}:6:7: site[0].tls: \"acme\" is not available"),
+        format!("{file}:8:8: site[0].route[0].path"),
+        format!("{file}:9:10: site[0].route[0].proxy"),
+        format!("{file}:12:9: site[1].names: \"a.test\" is already a name of site[0]"),
+        format!("{file}:17:10: site[1].route[0].status: 200 is not a redirect status"),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("6 errors"), "{err}");
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "[[site]]\nnames = []\n");
+    let (status, _, err) = run(&["run", "--config", &file], dir.path());
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("site[0].names"), "{err}");
+    let (status, _, err) = run(&["--config", "/nonexistent/proxy.toml"], dir.path());
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("cannot read the config file"), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let (status, out, _) = run(&["--version"], repo());
+    assert!(status.success());
+    assert!(
+        out.starts_with(&format!("usher {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    let (status, out, _) = run(&["--help"], repo());
+    assert!(status.success());
+    for word in ["run", "check", "--config"] {
+        assert!(out.contains(word), "{out}");
+    }
+}
+
+/// The shipped proxy.toml and public/ folder, with only the ports changed to ephemeral ones,
+/// serve the demo: the page over https with the local CA, 308 from http, 502 for /api/.
+#[tokio::test]
+async fn shipped_config_serves_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("proxy.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        // nothing may listen on the demo app port during tests: point /api/ at a closed one
+        .replace(
+            "127.0.0.1:8000",
+            &crate::support::upstream::closed_port().to_string(),
+        );
+    std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
+    std::fs::create_dir(dir.path().join("public")).unwrap();
+    for f in std::fs::read_dir(repo().join("public")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join("public").join(f.file_name())).unwrap();
+    }
+    let (mut usher, at) = Running::start(&dir.path().join("proxy.toml"), dir.path());
+    let ca_line = usher.wait_for_line("local CA certificate:").unwrap();
+    assert!(ca_line.contains("curl --cacert"), "{ca_line}");
+    let ca = std::fs::read_to_string(dir.path().join("certs/local-ca/root.crt")).unwrap();
+    let https = at.https.unwrap();
+    let mut c = Client::tls(https, "localhost", &ca, Proto::H1)
+        .await
+        .unwrap();
+    let page = c.get("localhost", "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("usher is running"));
+    assert_eq!(c.get("localhost", "/api/health").await.status, 502);
+    let mut plain = Client::plain(at.http.unwrap(), Proto::H1).await;
+    let r = plain.get("localhost:8080", "/x?y=1").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        format!("https://localhost:{}/x?y=1", https.port())
+    );
+    drop((c, plain));
+    usher.signal("TERM");
+    let status = usher
+        .wait_exit(crate::support::STEP)
+        .expect("usher did not stop");
+    assert!(status.success(), "{status:?}");
+    let log = usher.stdout();
+    assert!(log.contains("\"GET localhost /\" 200"), "{log}");
+}

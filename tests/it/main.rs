@@ -1,0 +1,11 @@
+//! Integration tests: the real server on ephemeral loopback ports, real upstream servers, real
+//! TLS clients. One binary; one file per topic.
+
+mod support;
+
+mod cli;
+mod proxying;
+mod routing;
+mod shutdown;
+mod static_files;
+mod tls;

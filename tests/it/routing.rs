@@ -1,0 +1,154 @@
+//! Site by Host, route by longest prefix, the https redirect, redirects, unknown hosts.
+
+use crate::support::{Client, Proto, TestServer, Upstream};
+
+#[tokio::test]
+async fn routes_by_host_and_longest_prefix() {
+    let (a, a2, b) = (
+        Upstream::start("a").await,
+        Upstream::start("a-v2").await,
+        Upstream::start("b").await,
+    );
+    let usher = TestServer::start(&format!(
+        r#"
+[[site]]
+names = ["a.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+[[site.route]]
+path = "/api/v2/"
+proxy = ["{}"]
+
+[[site]]
+names = ["b.test", "*.b.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+"#,
+        a.addr, a2.addr, b.addr
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("a.test", "/x").await.text(), "a /x");
+    assert_eq!(
+        c.get("A.TEST:1234", "/api/v2/y").await.text(),
+        "a-v2 /api/v2/y"
+    );
+    assert_eq!(c.get("a.test", "/api/v1").await.text(), "a /api/v1");
+    assert_eq!(c.get("b.test", "/x").await.text(), "b /x");
+    assert_eq!(c.get("www.b.test", "/w").await.text(), "b /w");
+    // an unknown host with no default site: 404 on plain HTTP
+    assert_eq!(c.get("c.test", "/").await.status, 404);
+}
+
+#[tokio::test]
+async fn default_site_answers_unknown_hosts() {
+    let up = Upstream::start("default").await;
+    let usher = TestServer::start(&format!(
+        r#"
+[[site]]
+names = ["a.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+redirect = "https://elsewhere.test/"
+
+[[site]]
+names = ["fallback.test"]
+default = true
+tls = "off"
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+"#,
+        up.addr
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("whatever.test", "/q").await.text(), "default /q");
+}
+
+#[tokio::test]
+async fn plain_http_to_a_tls_site_gets_308_to_the_https_port() {
+    let usher = TestServer::start(
+        r#"
+[[site]]
+names = ["secure.test"]
+[[site.route]]
+path = "/"
+redirect = "/never"
+"#,
+    )
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let resp = c.get("secure.test:80", "/a/b?c=d&e").await;
+    assert_eq!(resp.status, 308);
+    let port = usher.https().port();
+    assert_eq!(
+        resp.header("location"),
+        format!("https://secure.test:{port}/a/b?c=d&e")
+    );
+    // the ACME challenge path is never redirected
+    let resp = c
+        .get("secure.test", "/.well-known/acme-challenge/token")
+        .await;
+    assert_eq!(resp.status, 404);
+}
+
+#[tokio::test]
+async fn redirect_route_with_status_and_uri_placeholder() {
+    let usher = TestServer::start(
+        r#"
+[[site]]
+names = ["old.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+redirect = "https://new.test{uri}"
+status = 301
+"#,
+    )
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let resp = c.get("old.test", "/p?q=1").await;
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.header("location"), "https://new.test/p?q=1");
+}
+
+#[tokio::test]
+async fn http1_request_without_host_is_400() {
+    let usher = TestServer::start(
+        r#"
+[[site]]
+names = ["a.test"]
+default = true
+tls = "off"
+[[site.route]]
+path = "/"
+redirect = "/x"
+"#,
+    )
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let req = http::Request::get("/")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(c.send(req).await.status, 400);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_on_the_plain_listener() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+        up.addr
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H2).await;
+    let resp = c.get("a.test", "/h2c").await;
+    assert_eq!(resp.version, http::Version::HTTP_2);
+    assert_eq!(resp.text(), "app /h2c");
+}

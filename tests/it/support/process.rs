@@ -1,0 +1,169 @@
+//! The real `usher` binary as a child process: for the CLI, signals and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::STEP;
+
+/// The binary cargo built for these tests.
+pub fn usher_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_usher")
+}
+
+/// Runs `usher ARGS` to completion (bounded) and returns its status, stdout and stderr.
+pub fn run(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
+    let child = Command::new(usher_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Running {
+        child,
+        stderr_lines: None,
+        stdout: None,
+    };
+    let status = guard.wait_exit(STEP).expect("usher did not exit in time");
+    let out = guard.child.wait_with_output_now();
+    (status, out.0, out.1)
+}
+
+trait OutputNow {
+    fn wait_with_output_now(&mut self) -> (String, String);
+}
+
+impl OutputNow for Child {
+    fn wait_with_output_now(&mut self) -> (String, String) {
+        use std::io::Read;
+        let (mut o, mut e) = (String::new(), String::new());
+        if let Some(s) = self.stdout.as_mut() {
+            s.read_to_string(&mut o).unwrap();
+        }
+        if let Some(s) = self.stderr.as_mut() {
+            s.read_to_string(&mut e).unwrap();
+        }
+        (o, e)
+    }
+}
+
+/// A running usher; killed (and reaped) on drop if still running.
+pub struct Running {
+    pub child: Child,
+    stderr_lines: Option<mpsc::Receiver<String>>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+/// The addresses usher printed at startup.
+pub struct Listening {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+}
+
+impl Running {
+    /// Starts `usher run --config FILE` in `cwd` and waits for its "listening" line.
+    pub fn start(config: &Path, cwd: &Path) -> (Running, Listening) {
+        let mut child = Command::new(usher_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut s);
+            s
+        });
+        let mut running = Running {
+            child,
+            stderr_lines: Some(rx),
+            stdout: Some(stdout),
+        };
+        let line = running
+            .wait_for_line("listening:")
+            .expect("usher printed no listening line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        let listening = Listening {
+            http: field("http="),
+            https: field("https="),
+        };
+        (running, listening)
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; returns it.
+    pub fn wait_for_line(&mut self, needle: &str) -> Option<String> {
+        let rx = self.stderr_lines.as_ref()?;
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a signal by PID with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything usher wrote to stdout (the access log); waits for the process to end.
+    pub fn stdout(&mut self) -> String {
+        self.stdout
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

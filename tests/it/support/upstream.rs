@@ -1,0 +1,160 @@
+//! A real upstream app server (hyper, HTTP/1.1) on an ephemeral port or a unix socket. It
+//! records every request it sees and answers by path:
+//! - `/slow?ms=N`: waits N ms, then answers (for upstream timeouts);
+//! - `/stream?chunks=N&ms=M`: N chunks of 16 KiB, M ms apart (a long download);
+//! - `/hop`: a response carrying hop-by-hop headers that must not reach the client;
+//! - anything else: 200 `NAME PATH`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinHandle;
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running upstream. Stops accepting when dropped.
+pub struct Upstream {
+    /// `127.0.0.1:PORT`, or `unix:/path` for a socket.
+    pub addr: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+impl Upstream {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (name, log) = (Arc::<str>::from(name), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(serve(TokioIo::new(tcp), name.clone(), log.clone()));
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    /// Starts on a unix socket at `path`.
+    pub async fn start_unix(name: &str, path: &Path) -> Upstream {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (name, log) = (Arc::<str>::from(name), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(serve(TokioIo::new(s), name.clone(), log.clone()));
+            }
+        });
+        Upstream {
+            addr: format!("unix:{}", path.display()),
+            seen,
+            task,
+        }
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address on which nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (name, seen) = (name.clone(), seen.clone());
+        async move { Ok::<_, Infallible>(answer(req, &name, &seen).await) }
+    });
+    let _ = http1::Builder::new().serve_connection(io, svc).await;
+}
+
+fn query(uri: &Uri, key: &str) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body,
+    });
+    let full = |s: String| http_body_util::Full::new(Bytes::from(s)).boxed();
+    match parts.uri.path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(
+                query(&parts.uri, "ms").unwrap_or(1000),
+            ))
+            .await;
+            Response::new(full(format!("{name} slow")))
+        }
+        "/stream" => {
+            let chunks = query(&parts.uri, "chunks").unwrap_or(10);
+            let ms = query(&parts.uri, "ms").unwrap_or(50);
+            let stream = futures_util::stream::unfold(0, move |i| async move {
+                if i == chunks {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))),
+                    i + 1,
+                ))
+            });
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/hop" => Response::builder()
+            .header("connection", "x-hop-named")
+            .header("x-hop-named", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic")
+            .header("x-app", "kept")
+            .body(full(format!("{name} hop")))
+            .unwrap(),
+        path => Response::new(full(format!("{name} {path}"))),
+    }
+}

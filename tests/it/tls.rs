@@ -1,0 +1,210 @@
+//! TLS: SNI picks the certificate, 421 on mismatch, no-SNI handshakes, ALPN, PEM files, the
+//! local CA's storage.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{Client, Proto, TestServer, Upstream};
+
+const TWO_SITES: &str = r#"
+[[site]]
+names = ["a.test"]
+[[site.route]]
+path = "/"
+redirect = "/from-a"
+
+[[site]]
+names = ["b.test"]
+[[site.route]]
+path = "/"
+redirect = "/from-b"
+"#;
+
+#[tokio::test]
+async fn sni_picks_the_sites_certificate() {
+    let usher = TestServer::start(TWO_SITES).await;
+    // The client verifies the certificate against the name it asked for: success proves the
+    // right certificate was chosen.
+    let mut a = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    let mut b = Client::tls(usher.https(), "b.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_ne!(a.peer_cert, b.peer_cert);
+    assert_eq!(a.get("a.test", "/").await.header("location"), "/from-a");
+    assert_eq!(b.get("b.test", "/").await.header("location"), "/from-b");
+}
+
+#[tokio::test]
+async fn unknown_sni_is_refused_without_a_default_site() {
+    let usher = TestServer::start(TWO_SITES).await;
+    let err = Client::tls(usher.https(), "c.test", usher.ca(), Proto::H1)
+        .await
+        .err();
+    assert!(err.is_some(), "handshake for an unknown name must fail");
+    // and a handshake without SNI too
+    assert!(
+        Client::tls(usher.https(), "127.0.0.1", usher.ca(), Proto::H1)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn default_site_answers_handshakes_without_sni() {
+    let usher = TestServer::start(
+        r#"
+[[site]]
+names = ["main.test", "127.0.0.1"]
+default = true
+[[site.route]]
+path = "/"
+redirect = "/main"
+"#,
+    )
+    .await;
+    // A client connecting by IP address sends no SNI.
+    let mut c = Client::tls(usher.https(), "127.0.0.1", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(c.get("127.0.0.1", "/").await.header("location"), "/main");
+}
+
+#[tokio::test]
+async fn host_different_from_sni_is_421() {
+    let usher = TestServer::start(TWO_SITES).await;
+    let mut a = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    let resp = a.get("b.test", "/").await;
+    assert_eq!(resp.status, 421);
+    // a host no site serves is 421 on TLS as well
+    assert_eq!(a.get("nobody.test", "/").await.status, 421);
+    // over HTTP/2 too
+    let mut a2 = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H2)
+        .await
+        .unwrap();
+    assert_eq!(a2.get("b.test", "/").await.status, 421);
+}
+
+#[tokio::test]
+async fn alpn_negotiates_h2_or_http1() {
+    let usher = TestServer::start(TWO_SITES).await;
+    let mut h2 = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H2)
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(h2.get("a.test", "/").await.version, http::Version::HTTP_2);
+    let mut h1 = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(h1.get("a.test", "/").await.version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn tls12_clients_are_served() {
+    let usher = TestServer::start(TWO_SITES).await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(usher.ca().as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(usher.https()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = crate::support::bounded("tls1.2", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+#[tokio::test]
+async fn certificate_and_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // An operator's own CA and leaf, made with rcgen, written as PEM files.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["files.test".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.path().join("site.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.path().join("site.key"), leaf_key.serialize_pem()).unwrap();
+    let up = Upstream::start("files").await;
+    let config = format!(
+        r#"{}
+[[site]]
+names = ["files.test"]
+cert = "site.crt"
+key = "site.key"
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+"#,
+        crate::support::server::SERVER_SECTION,
+        up.addr
+    );
+    let usher = TestServer::start_in(dir.path(), &config).await;
+    assert!(
+        usher.ca_pem.is_none(),
+        "no local CA is needed for file certificates"
+    );
+    let mut c = Client::tls(usher.https(), "files.test", &ca.pem(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(c.get("files.test", "/f").await.text(), "files /f");
+}
+
+#[tokio::test]
+async fn local_ca_key_is_private_and_the_ca_is_reused_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}\n{TWO_SITES}", crate::support::server::SERVER_SECTION);
+    let first = TestServer::start_in(dir.path(), &config).await;
+    let key = first.path("certs/local-ca/root.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let ca1 = first.ca().to_owned();
+    first.stop().await;
+    let second = TestServer::start_in(dir.path(), &config).await;
+    assert_eq!(second.ca(), ca1, "a restart must reuse the stored local CA");
+    Client::tls(second.https(), "a.test", &ca1, Proto::H1)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_local_ca_is_a_startup_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs/local-ca")).unwrap();
+    std::fs::write(
+        dir.path().join("certs/local-ca/root.crt"),
+        "not a certificate",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("certs/local-ca/root.key"), "not a key").unwrap();
+    let text = format!("{}\n{TWO_SITES}", crate::support::server::SERVER_SECTION);
+    std::fs::write(dir.path().join("proxy.toml"), &text).unwrap();
+    let config = usher::Config::load(&dir.path().join("proxy.toml")).unwrap();
+    let err = usher::start(config)
+        .await
+        .err()
+        .expect("a damaged CA must stop the start");
+    let msg = err.to_string();
+    assert!(msg.contains("local-ca/root.key"), "{msg}");
+    // nothing was overwritten
+    let kept = std::fs::read_to_string(dir.path().join("certs/local-ca/root.crt")).unwrap();
+    assert_eq!(kept, "not a certificate");
+}
