@@ -90,6 +90,8 @@ pub struct Site {
     pub default: bool,
     /// Where the certificate comes from.
     pub tls: TlsMode,
+    /// For a TLS site: answer plain HTTP with a 308 to https (true, the default) or serve it.
+    pub http_redirect: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
 }

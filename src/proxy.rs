@@ -104,7 +104,7 @@ impl Proxy {
         }
         let site = routes.site(site_id);
         // 3. plain HTTP on a TLS site
-        if site.tls && !conn.tls {
+        if site.redirect_http && !conn.tls {
             return Ok(self.https_redirect(host, req.uri()));
         }
         let route = site

@@ -26,8 +26,8 @@ pub struct Routes {
 /// One site's routes.
 #[derive(Debug)]
 pub struct SiteEntry {
-    /// Served over TLS (plain HTTP requests are redirected).
-    pub tls: bool,
+    /// Plain HTTP requests get a 308 to https (a TLS site with `http_redirect` on).
+    pub redirect_http: bool,
     /// Longest prefix first.
     pub routes: Vec<RouteEntry>,
 }
@@ -93,7 +93,7 @@ impl Routes {
                 });
             }
             routes.sites.push(SiteEntry {
-                tls: site.tls != TlsMode::Off,
+                redirect_http: site.tls != TlsMode::Off && site.http_redirect,
                 routes: entries,
             });
         }

@@ -197,14 +197,15 @@ pub async fn start_with_log(
         hard_stop: CancellationToken::new(),
     });
     let tracker = TaskTracker::new();
+    let mut accepting = Vec::new();
     for (listener, is_tls) in [(http, false), (https, true)] {
         if let Some(listener) = listener {
-            tokio::spawn(accept_loop(
+            accepting.push(tokio::spawn(accept_loop(
                 listener,
                 is_tls,
                 shared.clone(),
                 tracker.clone(),
-            ));
+            )));
         }
     }
     if let Some(ca) = &local_ca {
@@ -219,6 +220,11 @@ pub async fn start_with_log(
     let grace = config.grace_period;
     let done = tokio::spawn(async move {
         shared.drain.cancelled().await;
+        // The listeners are dropped (closed) when their accept loops end.
+        for a in accepting {
+            let _ = a.await;
+        }
+        tracing::info!(connections = tracker.len(), "listeners closed; draining");
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");

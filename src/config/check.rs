@@ -270,6 +270,7 @@ impl Checker<'_> {
         Site {
             names,
             default: raw.default.as_ref().is_some_and(|d| *d.get_ref()),
+            http_redirect: raw.http_redirect.as_ref().is_none_or(|r| *r.get_ref()),
             tls,
             routes,
         }

@@ -60,6 +60,7 @@ pub struct RawSite {
     pub names: S<Vec<Spanned<String>>>,
     pub default: S<bool>,
     pub tls: S<String>,
+    pub http_redirect: S<bool>,
     pub cert: S<String>,
     pub key: S<String>,
     #[serde(default, rename = "route")]

@@ -99,6 +99,27 @@ redirect = "/never"
 }
 
 #[tokio::test]
+async fn tls_site_can_serve_plain_http_too() {
+    let usher = TestServer::start(
+        r#"
+[[site]]
+names = ["both.test"]
+http_redirect = false
+[[site.route]]
+path = "/"
+redirect = "/served"
+"#,
+    )
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("both.test", "/").await.header("location"), "/served");
+    let mut t = Client::tls(usher.https(), "both.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(t.get("both.test", "/").await.header("location"), "/served");
+}
+
+#[tokio::test]
 async fn redirect_route_with_status_and_uri_placeholder() {
     let usher = TestServer::start(
         r#"

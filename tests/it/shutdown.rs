@@ -43,7 +43,7 @@ async fn sigterm_drains_an_in_flight_download() {
     let mut got = first.into_data().unwrap().len();
 
     usher.signal("TERM");
-    assert!(usher.wait_for_line("SIGTERM: draining").is_some());
+    assert!(usher.wait_for_line("listeners closed").is_some());
     // new connections are refused once draining started
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark of usher against nginx (and optionally caddy, haproxy) with the
+# shared harness (../shared/bench). Builds usher in release mode first. Examples:
+#   benches/compare.sh                                  # every scenario, 5 reps, usher vs nginx
+#   benches/compare.sh -n 3 -d 5 -s "h1_small st1k"     # a quick subset
+# Extra adapters (nginx-bigbuf, haproxy, caddy) go after the options as in bench.sh.
+# Needs Debian's nginx, wrk, nghttp2-client (h2load), openssl; quote results/DATE/summary.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-../shared/bench/bench.sh}
+[ -x "$BENCH" ] || { echo "the shared harness is not at $BENCH (set BENCH=...)" >&2; exit 2; }
+cargo build --release
+opts=(); while [ $# -gt 0 ] && [[ $1 == -* ]]; do opts+=("$1" "$2"); shift 2; done
+exec "$BENCH" "${opts[@]}" nginx "$PWD/benches/adapters/usher.sh" "$@"
