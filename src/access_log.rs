@@ -1,29 +1,52 @@
-//! The access log: one line per request on stdout, text or JSON, written by a dedicated thread
-//! so a slow terminal or pipe never stalls a request. Lines are batched while requests arrive
-//! faster than they can be written and flushed as soon as the queue is empty.
+//! The access log: one line per request on stdout, text or JSON. Requests append their line
+//! to a shared in-memory buffer (a short uncontended lock, no allocation once warm); a writer
+//! thread writes the buffer out every `FLUSH_EVERY`, or at once when `WAKE_AT` bytes piled up,
+//! as nginx's `access_log ... buffer=64k flush=1s` does. A request never waits for stdout:
+//! if stdout blocks and the buffer reaches `MAX_PENDING`, lines are dropped and counted.
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::config::AccessLogFormat;
 use crate::server::ConnInfo;
 
-enum Msg {
-    Line(String),
-    Flush(mpsc::Sender<()>),
+/// How long a line may wait in the buffer.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Pending bytes that wake the writer early.
+const WAKE_AT: usize = 64 * 1024;
+/// Pending bytes beyond which lines are dropped (stdout is stuck).
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    sink: Mutex<Box<dyn Write + Send>>,
+    json: bool,
 }
 
-/// A handle for queueing log lines; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    dropped: u64,
+    closed: bool,
+}
+
+/// A handle for appending log lines; cheap to clone.
+#[derive(Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<Msg>,
-    json: bool,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("json", &self.inner.json)
+            .finish()
+    }
 }
 
 impl AccessLog {
@@ -32,47 +55,90 @@ impl AccessLog {
         if format == AccessLogFormat::Off {
             return None;
         }
-        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            sink: Mutex::new(sink),
+            json: format == AccessLogFormat::Json,
+        });
+        let writer = inner.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, sink))
+            .spawn(move || writer.run())
             .ok()?;
-        Some(AccessLog {
-            tx,
-            json: format == AccessLogFormat::Json,
-        })
+        Some(AccessLog { inner })
     }
 
-    /// Waits until every line queued so far has been written.
+    /// Writes out every line appended so far.
     pub fn flush(&self) {
-        let (tx, rx) = mpsc::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.recv();
+        self.inner.write_out();
+    }
+
+    /// Writes what is pending and stops the writer thread.
+    pub fn close(&self) {
+        self.inner.write_out();
+        lock(&self.inner.pending).closed = true;
+        self.inner.wake.notify_one();
+    }
+
+    fn append(&self, tail: &LogTail) {
+        let mut p = lock(&self.inner.pending);
+        if p.buf.len() >= MAX_PENDING {
+            p.dropped += 1;
+            return;
+        }
+        let before = p.buf.len();
+        tail.write_line(&mut p.buf, self.inner.json);
+        if before < WAKE_AT && p.buf.len() >= WAKE_AT {
+            self.inner.wake.notify_one();
         }
     }
 }
 
-fn writer(rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(mut msg) = rx.recv() {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn run(&self) {
         loop {
-            match msg {
-                Msg::Line(line) => {
-                    let _ = out.write_all(line.as_bytes());
-                }
-                Msg::Flush(done) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
-            }
-            match rx.try_recv() {
-                Ok(next) => msg = next,
-                Err(_) => break,
+            let closed = {
+                let p = lock(&self.pending);
+                let (p, _) = self
+                    .wake
+                    .wait_timeout_while(p, FLUSH_EVERY, |p| p.buf.len() < WAKE_AT && !p.closed)
+                    .unwrap_or_else(|e| e.into_inner());
+                p.closed
+            };
+            self.write_out();
+            if closed {
+                return;
             }
         }
-        let _ = out.flush();
     }
-    let _ = out.flush();
+
+    /// Swaps the pending buffer out and writes it; the sink lock keeps lines in order.
+    fn write_out(&self) {
+        let mut sink = lock(&self.sink);
+        let (buf, dropped) = {
+            let mut p = lock(&self.pending);
+            let cap = p.buf.capacity().clamp(4096, WAKE_AT * 2);
+            (
+                std::mem::replace(&mut p.buf, Vec::with_capacity(cap)),
+                std::mem::take(&mut p.dropped),
+            )
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "stdout is not keeping up: access log lines dropped"
+            );
+        }
+        if !buf.is_empty() {
+            let _ = sink.write_all(&buf);
+        }
+        let _ = sink.flush();
+    }
 }
 
 /// Everything the log line needs, carried by the response body and written when it is dropped
@@ -122,7 +188,7 @@ impl LogTail {
         self.status = status;
     }
 
-    fn line(&self, log: &AccessLog) -> String {
+    fn write_line(&self, out: &mut Vec<u8>, json: bool) {
         let time = humantime::format_rfc3339_millis(SystemTime::now());
         let client: IpAddr = self.conn.peer.ip();
         let host = self
@@ -133,8 +199,7 @@ impl LogTail {
             .unwrap_or("-");
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let upstream = self.upstream.as_deref().unwrap_or("-");
-        if log.json {
+        if json {
             let rec = JsonLine {
                 time: &time.to_string(),
                 client,
@@ -146,20 +211,19 @@ impl LogTail {
                 duration_ms: (ms * 1000.0).round() / 1000.0,
                 upstream: self.upstream.as_deref(),
             };
-            let mut s = serde_json::to_string(&rec).unwrap_or_default();
-            s.push('\n');
-            s
+            let _ = serde_json::to_writer(&mut *out, &rec);
+            out.push(b'\n');
         } else {
-            let mut s = String::with_capacity(128 + path.len());
             let _ = writeln!(
-                s,
-                "{time} {client} \"{} {host} {}\" {} {} {ms:.3}ms upstream={upstream}",
+                out,
+                "{time} {client} \"{} {} {}\" {} {} {ms:.3}ms upstream={}",
                 self.method,
+                escape(host),
                 escape(path),
                 self.status.as_u16(),
                 self.bytes,
+                self.upstream.as_deref().unwrap_or("-"),
             );
-            s
         }
     }
 }
@@ -197,8 +261,7 @@ impl Drop for LogTail {
     fn drop(&mut self) {
         self.conn.request_finished();
         if let Some(log) = &self.log {
-            let line = self.line(log);
-            let _ = log.tx.send(Msg::Line(line));
+            log.append(self);
         }
     }
 }

@@ -110,7 +110,7 @@ impl ServerHandle {
     pub async fn wait(self) {
         let _ = self.done.await;
         if let Some(log) = self.log {
-            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
         }
     }
 }

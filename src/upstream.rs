@@ -149,6 +149,12 @@ impl Pool {
             if sender.is_closed() {
                 continue;
             }
+            if sender.is_ready() {
+                return Some(PooledConn {
+                    sender,
+                    member: member.clone(),
+                });
+            }
             // A connection released right after its response body ended may need a moment for
             // its task to become ready again; one that fails here is dead, so try the next.
             match tokio::time::timeout(self.connect_timeout, sender.ready()).await {
