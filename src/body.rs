@@ -1,13 +1,16 @@
 //! Response body types. One enum instead of a boxed trait object, so the common paths (a short
 //! usher-made body, an upstream body, a static file) cost no allocation of their own.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
@@ -78,19 +81,26 @@ impl HttpBody for Body {
     }
 }
 
-/// An upstream response body that hands its connection back to the pool once read to the end.
+/// An upstream response body that hands its connection back to the pool once read to the end,
+/// and gives up on an upstream that stalls: no data for `read_timeout` ends the body with an
+/// error (the client sees the response cut) and closes the upstream connection.
 #[derive(Debug)]
 pub struct UpstreamBody {
     body: Incoming,
     conn: Option<PooledConn>,
+    read_timeout: Duration,
+    /// Created on the first read that has to wait, so bodies that arrive whole cost no timer.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamBody {
     /// Wraps an upstream body and the connection it arrives on.
-    pub fn new(body: Incoming, conn: PooledConn) -> UpstreamBody {
+    pub fn new(body: Incoming, conn: PooledConn, read_timeout: Duration) -> UpstreamBody {
         UpstreamBody {
             body,
             conn: Some(conn),
+            read_timeout,
+            stall: None,
         }
     }
 
@@ -109,7 +119,25 @@ impl HttpBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let timeout = self.read_timeout;
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(stall) = self.stall.as_mut() {
+                    stall.as_mut().reset(Instant::now() + timeout);
+                }
+                frame
+            }
+            Poll::Pending => {
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(stall.as_mut().poll(cx));
+                self.conn = None;
+                let msg = format!("upstream sent no body data for {timeout:?}");
+                tracing::error!("{msg}; cutting the response");
+                return Poll::Ready(Some(Err(msg.into())));
+            }
+        };
         match &frame {
             None => self.release(),
             Some(Ok(_)) if self.body.is_end_stream() => self.release(),

@@ -171,7 +171,7 @@ async fn forward(
     Ok(Response::from_parts(
         parts,
         Body::Upstream {
-            body: UpstreamBody::new(body, sent.conn),
+            body: UpstreamBody::new(body, sent.conn, pool.read_timeout()),
         },
     ))
 }
@@ -213,7 +213,12 @@ fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(a) = req.uri().authority() {
         return Ok(host_without_port(a.as_str()));
     }
-    match req.headers().get(header::HOST) {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    match first {
         Some(h) => h
             .to_str()
             .map(host_without_port)
@@ -291,5 +296,14 @@ mod tests {
         assert_eq!(request_host(&req).unwrap(), "a.test");
         let req = Request::get("/x").body(()).unwrap();
         assert!(request_host(&req).is_err());
+        let req = Request::get("/x")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert!(
+            request_host(&req).is_err(),
+            "two Host headers are a 400 (RFC 9112 3.2)"
+        );
     }
 }

@@ -82,6 +82,11 @@ pub struct Sent {
 }
 
 impl Pool {
+    /// The longest wait for the response head, and between two reads of the response body.
+    pub fn read_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// A pool over `addrs` with the configured timeouts.
     pub fn new(addrs: &[UpstreamAddr], timeouts: &Timeouts) -> Pool {
         Pool {

@@ -220,6 +220,33 @@ async fn slow_upstream_is_504() {
 }
 
 #[tokio::test]
+async fn upstream_stalling_mid_body_is_cut_after_the_read_timeout() {
+    let up = Upstream::start("stall").await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_response = \"300ms\"\n{}",
+        plain_site(&[&up.addr], "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let resp = c
+        .send_streaming(crate::support::client::get("app.test", "/stall"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let first = crate::support::bounded("first chunk", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // The upstream sends nothing more for an hour; usher ends the response instead of waiting:
+    // the client sees the body end with an error (a chunked body cut short).
+    let end = crate::support::bounded("the cut", body.frame()).await;
+    assert!(matches!(end, Some(Err(_)) | None), "{end:?}");
+}
+
+#[tokio::test]
 async fn access_log_has_one_line_per_request_with_every_field() {
     let up = Upstream::start("app").await;
     let usher = TestServer::start(&plain_site(&[&up.addr], "")).await;

@@ -140,7 +140,7 @@ status = 301
 }
 
 #[tokio::test]
-async fn http1_request_without_host_is_400() {
+async fn http1_request_without_or_with_two_hosts_is_400() {
     let usher = TestServer::start(
         r#"
 [[site]]
@@ -158,6 +158,13 @@ redirect = "/x"
         .body(http_body_util::Full::default())
         .unwrap();
     assert_eq!(c.send(req).await.status, 400);
+    // two Host headers are as bad as none (RFC 9112 section 3.2)
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .header("host", "evil.test")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(c.send(req).await.status, 400);
 }
 
 #[tokio::test]
@@ -172,4 +179,42 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
     let resp = c.get("a.test", "/h2c").await;
     assert_eq!(resp.version, http::Version::HTTP_2);
     assert_eq!(resp.text(), "app /h2c");
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431() {
+    let usher = TestServer::start(
+        r#"
+[limits]
+max_header_size = "16KiB"
+max_headers = 20
+[[site]]
+names = ["a.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+redirect = "/x"
+"#,
+    )
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let big = "a".repeat(20 * 1024);
+    let req = http::Request::get("/")
+        .header("host", "a.test")
+        .header("x-big", big)
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(c.send(req).await.status, 431);
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let mut b = http::Request::get("/").header("host", "a.test");
+    for i in 0..30 {
+        b = b.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(
+        c.send(b.body(Default::default()).unwrap()).await.status,
+        431
+    );
+    // within the limits, fine
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("a.test", "/").await.status, 308);
 }

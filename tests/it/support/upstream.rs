@@ -2,6 +2,7 @@
 //! records every request it sees and answers by path:
 //! - `/slow?ms=N`: waits N ms, then answers (for upstream timeouts);
 //! - `/stream?chunks=N&ms=M`: N chunks of 16 KiB, M ms apart (a long download);
+//! - `/stall`: one chunk of body, then nothing for an hour;
 //! - `/hop`: a response carrying hop-by-hop headers that must not reach the client;
 //! - anything else: 200 `NAME PATH`.
 
@@ -142,6 +143,19 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
                 }
                 Some((
                     Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))),
+                    i + 1,
+                ))
+            });
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/stall" => {
+            // one chunk, then silence far longer than any test waits
+            let stream = futures_util::stream::unfold(0, |i| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first"))),
                     i + 1,
                 ))
             });
