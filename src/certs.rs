@@ -95,6 +95,16 @@ impl LocalCa {
                     .map_err(|e| bad(CA_KEY, format!("not a usable private key: {e}")))?;
                 let params = CertificateParams::from_ca_cert_pem(&cert_pem)
                     .map_err(|e| bad(CA_CERT, format!("not a usable CA certificate: {e}")))?;
+                // A key restored from another CA would sign leaves no client trusts: check
+                // that the pair belongs together before using it.
+                let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                    .map_err(|e| bad(CA_CERT, format!("not a usable CA certificate: {e}")))?;
+                let key_der = PrivateKeyDer::try_from(key.serialize_der())
+                    .map_err(|e| bad(CA_KEY, format!("not a usable private key: {e}")))?;
+                let provider = rustls::crypto::aws_lc_rs::default_provider();
+                CertifiedKey::from_der(vec![cert_der], key_der, &provider)
+                    .and_then(|ck| ck.keys_match())
+                    .map_err(|e| bad(CA_KEY, format!("does not belong to {CA_CERT}: {e}")))?;
                 // Re-signing the parsed params rebuilds an issuer with the same name and key;
                 // only the stored certificate is ever handed to clients.
                 let issuer = params

@@ -20,7 +20,7 @@ use crate::access_log::{AccessLog, LogTail};
 use crate::body::{Body, Logged, UpstreamBody};
 use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
-use crate::routing::{RouteAction, RouteEntry, Routes};
+use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
 use crate::upstream::Pool;
 
@@ -107,20 +107,27 @@ impl Proxy {
         if site.redirect_http && !conn.tls {
             return Ok(self.https_redirect(host, req.uri()));
         }
-        let route = site
-            .route_for(req.uri().path())
-            .ok_or(ProxyError::NoRoute)?;
+        // Routes match the normalised path, so `//admin` or `/%61dmin` cannot slip past a
+        // more specific `/admin/` route into a broader one.
+        let path = normalize_path(req.uri().path())?;
+        let route = site.route_for(&path).ok_or(ProxyError::NoRoute)?;
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
-                let rel = rest_of_path(route, req.uri().path()).to_owned();
+                let rel = rest_of_path(route, &path).to_owned();
                 files.serve(req, &rel).await
             }
             RouteAction::Redirect { status, to } => {
                 let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
                 Ok(redirect(*status, &to.replace("{uri}", uri)))
             }
-            RouteAction::Proxy(pool) => forward(pool, req, route, conn, tail).await,
+            RouteAction::Proxy(pool) => {
+                // Forwarded unchanged, unless the route strips its prefix from the normalised path.
+                let stripped = route
+                    .strip_prefix
+                    .then(|| rest_of_path(route, &path).to_owned());
+                forward(pool, req, stripped, conn, tail).await
+            }
         }
     }
 
@@ -138,25 +145,23 @@ impl Proxy {
 async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
-    route: &RouteEntry,
+    stripped: Option<String>,
     conn: &ConnInfo,
     tail: &mut LogTail,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    // Host as the client sent it; an HTTP/2 client sends :authority instead, which becomes Host.
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The host the request was routed by: :authority on HTTP/2 and absolute-form targets
+    // (request_host made sure a Host header agrees or is ignored), else Host as the client sent it.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
     };
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
     if let Some(h) = &host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    parts.uri = upstream_uri(&parts.uri, route)?;
+    parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
     parts.version = Version::HTTP_11;
     let sent = pool
         .send(Request::from_parts(parts, body))
@@ -177,15 +182,14 @@ async fn forward(
 }
 
 /// The origin-form URI sent upstream: the path (minus the route prefix if it strips) and query.
-fn upstream_uri(uri: &Uri, route: &RouteEntry) -> Result<Uri, ProxyError> {
+fn upstream_uri(uri: &Uri, stripped: Option<&str>) -> Result<Uri, ProxyError> {
     let bad = |_| ProxyError::BadRequest("path cannot be forwarded");
-    if !route.strip_prefix {
+    let Some(rest) = stripped else {
         return match uri.path_and_query() {
             Some(pq) => Ok(Uri::from(pq.clone())),
             None => Ok(Uri::from_static("/")),
         };
-    }
-    let rest = rest_of_path(route, uri.path());
+    };
     let mut s = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, |q| q.len() + 1));
     if !rest.starts_with('/') {
         s.push('/');
@@ -209,14 +213,23 @@ fn rest_of_path<'a>(route: &RouteEntry, path: &'a str) -> &'a str {
 
 /// The host a request names, without port: `:authority` on HTTP/2 (and absolute-form
 /// HTTP/1.1), else the Host header. HTTP/1.1 without Host is a 400 (RFC 9112 section 3.2).
+///
+/// With an authority, a Host header is ignored on HTTP/1.1 (RFC 9112 section 3.2.2: `forward`
+/// replaces it) and must agree on HTTP/2 (RFC 9113 section 8.3.1), so routing, the SNI check
+/// and the upstream all see one host.
 fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(host_without_port(a.as_str()));
-    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if let Some(a) = req.uri().authority() {
+        if req.version() == Version::HTTP_2
+            && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+        {
+            return Err(ProxyError::BadRequest("Host differs from :authority"));
+        }
+        return Ok(host_without_port(a.as_str()));
     }
     match first {
         Some(h) => h
@@ -269,41 +282,48 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_or_strips_the_prefix() {
         let uri: Uri = "https://h/api/users?x=1".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&uri, &route("/api/", false)).unwrap(),
-            "/api/users?x=1"
-        );
-        assert_eq!(
-            upstream_uri(&uri, &route("/api/", true)).unwrap(),
-            "/users?x=1"
-        );
-        assert_eq!(
-            upstream_uri(&uri, &route("/api", true)).unwrap(),
-            "/users?x=1"
-        );
+        let strip = |r: &RouteEntry| Some(rest_of_path(r, uri.path()).to_owned());
+        assert_eq!(upstream_uri(&uri, None).unwrap(), "/api/users?x=1");
+        let s = strip(&route("/api/", true));
+        assert_eq!(upstream_uri(&uri, s.as_deref()).unwrap(), "/users?x=1");
+        let s = strip(&route("/api", true));
+        assert_eq!(upstream_uri(&uri, s.as_deref()).unwrap(), "/users?x=1");
         let root: Uri = "/api/".parse().unwrap();
-        assert_eq!(upstream_uri(&root, &route("/api/", true)).unwrap(), "/");
+        assert_eq!(upstream_uri(&root, Some("")).unwrap(), "/");
     }
 
     #[test]
     fn host_comes_from_authority_then_header() {
-        let req = Request::get("https://Example.com:8443/x").body(()).unwrap();
+        let get = |uri: &str| Request::get(uri);
+        let req = get("https://Example.com:8443/x").body(()).unwrap();
         assert_eq!(request_host(&req).unwrap(), "Example.com");
-        let req = Request::get("/x")
-            .header("host", "a.test:80")
-            .body(())
-            .unwrap();
+        let req = get("/x").header("host", "a.test:80").body(()).unwrap();
         assert_eq!(request_host(&req).unwrap(), "a.test");
-        let req = Request::get("/x").body(()).unwrap();
+        let req = get("/x").body(()).unwrap();
         assert!(request_host(&req).is_err());
-        let req = Request::get("/x")
+        let req = get("/x")
             .header("host", "a")
             .header("host", "b")
             .body(())
             .unwrap();
         assert!(
             request_host(&req).is_err(),
-            "two Host headers are a 400 (RFC 9112 3.2)"
+            "two Host headers: 400 (RFC 9112 3.2)"
         );
+        // absolute form: the authority wins on HTTP/1.1, and must agree on HTTP/2
+        let req = get("https://a.test/x")
+            .header("host", "b.test")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).unwrap(), "a.test");
+        let h2 = |host: &str| {
+            get("https://a.test/x")
+                .version(Version::HTTP_2)
+                .header("host", host)
+                .body(())
+                .unwrap()
+        };
+        assert!(request_host(&h2("b.test")).is_err());
+        assert_eq!(request_host(&h2("A.test")).unwrap(), "a.test");
     }
 }

@@ -1,12 +1,14 @@
 //! The routing table compiled from config: host -> site -> longest path prefix -> route.
 //! Built once per config and shared read-only; lookups allocate nothing for lower-case hosts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::StatusCode;
 
 use crate::config::{Action, Config, TlsMode};
+use crate::error::ProxyError;
 use crate::static_files::StaticFiles;
 use crate::upstream::Pool;
 
@@ -132,6 +134,53 @@ impl Routes {
     }
 }
 
+/// The path routes are matched on: runs of `/` merged, percent-escapes of unreserved characters
+/// decoded (RFC 3986 section 6.2.2.2: `/%61` and `/a` are the same path), other escapes kept;
+/// a `.` or `..` segment (also encoded) is refused with 400 rather than resolved. Ordinary
+/// paths come back as they are, without allocating.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, ProxyError> {
+    if !path.contains('%') && !path.contains("//") && !path.contains("/.") {
+        return Ok(Cow::Borrowed(path));
+    }
+    let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        let start = out.len();
+        let mut rest = seg;
+        while let Some(pos) = rest.find('%') {
+            out.push_str(&rest[..pos]);
+            let b = rest.as_bytes();
+            let decoded = match (b.get(pos + 1), b.get(pos + 2)) {
+                (Some(&h), Some(&l)) => hex(h)
+                    .zip(hex(l))
+                    .map(|(h, l)| (h * 16 + l) as u8)
+                    .filter(|c| unreserved(*c)),
+                _ => None,
+            };
+            match decoded {
+                Some(c) => {
+                    out.push(c as char);
+                    rest = &rest[pos + 3..];
+                }
+                None => {
+                    out.push('%');
+                    rest = &rest[pos + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        if matches!(&out[start..], "." | "..") {
+            return Err(ProxyError::BadRequest("dot segment in path"));
+        }
+    }
+    if path.ends_with('/') || out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
 impl SiteEntry {
     /// The route whose prefix is the longest one matching `path`.
     pub fn route_for(&self, path: &str) -> Option<&RouteEntry> {
@@ -197,6 +246,35 @@ mod tests {
         assert_eq!(s.route_for("/api/v1").unwrap().path, "/api/");
         assert_eq!(s.route_for("/apix").unwrap().path, "/");
         assert_eq!(s.route_for("/").unwrap().path, "/");
+    }
+
+    #[test]
+    fn paths_are_normalised_for_routing() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert!(matches!(
+            normalize_path("/api/v1/users"),
+            Ok(Cow::Borrowed(_))
+        ));
+        assert_eq!(n("//drafts/x").unwrap(), "/drafts/x");
+        assert_eq!(n("/%64rafts/x").unwrap(), "/drafts/x");
+        assert_eq!(n("/a%2Fb/%7euser").unwrap(), "/a%2Fb/~user");
+        assert_eq!(n("/a//b/").unwrap(), "/a/b/");
+        assert_eq!(n("/%").unwrap(), "/%");
+        assert_eq!(n("/%4").unwrap(), "/%4");
+        assert_eq!(n("/%zz").unwrap(), "/%zz");
+        assert_eq!(n("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(n("/.well-known/x").unwrap(), "/.well-known/x");
+        assert_eq!(n("//").unwrap(), "/");
+        for bad in [
+            "/a/../b",
+            "/./a",
+            "/a/..",
+            "/%2e%2e/x",
+            "/%2E/x",
+            "/a/.%2e/b",
+        ] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -46,7 +46,32 @@ pub struct ConnInfo {
     in_flight: AtomicU32,
     /// Milliseconds since `epoch` at the last read or write.
     last_active: AtomicU64,
+    /// 1 + milliseconds since `epoch` when a request head started to arrive (bytes read while
+    /// no request is in flight), 0 when none is arriving. Any write clears it: on HTTP/2 the
+    /// server answers pings and settings, on HTTP/1 it writes nothing before a request.
+    head_since: AtomicU64,
     epoch: Instant,
+}
+
+/// What the connection watcher decides.
+#[derive(Debug, PartialEq, Eq)]
+enum Watch {
+    /// Look again at this instant.
+    Until(Instant),
+    /// Idle for `client_idle`: close gracefully.
+    Idle,
+    /// A request head took longer than `client_header`: drop the connection.
+    SlowHead,
+    /// A request is in flight but nothing moved for the stall limit: drop the connection.
+    Stalled,
+}
+
+/// The watcher's limits.
+#[derive(Debug, Clone, Copy)]
+struct WatchLimits {
+    header: Duration,
+    idle: Duration,
+    stall: Duration,
 }
 
 impl ConnInfo {
@@ -57,6 +82,8 @@ impl ConnInfo {
             sni,
             in_flight: AtomicU32::new(0),
             last_active: AtomicU64::new(0),
+            // The first request head is due from the start.
+            head_since: AtomicU64::new(1),
             epoch: Instant::now(),
         }
     }
@@ -64,6 +91,7 @@ impl ConnInfo {
     /// A request on this connection began.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
     }
 
     /// A request on this connection ended (response sent or abandoned).
@@ -72,18 +100,44 @@ impl ConnInfo {
         self.touch();
     }
 
-    fn touch(&self) {
+    fn touch(&self) -> u64 {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_active.store(ms, Ordering::Relaxed);
+        ms
     }
 
-    /// When the connection becomes idle-expired, or `None` if a request is in flight.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+    fn read_progress(&self) {
+        let ms = self.touch();
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(ms + 1, Ordering::Relaxed);
         }
-        let last = Duration::from_millis(self.last_active.load(Ordering::Relaxed));
-        Some(self.epoch + last + idle)
+    }
+
+    fn write_progress(&self) {
+        self.touch();
+        if self.head_since.load(Ordering::Relaxed) != 0 {
+            self.head_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn watch(&self, limits: WatchLimits, now: Instant) -> Watch {
+        let ms = |v: u64| self.epoch + Duration::from_millis(v);
+        let last = ms(self.last_active.load(Ordering::Relaxed));
+        let (deadline, verdict) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            (last + limits.stall, Watch::Stalled)
+        } else {
+            match self.head_since.load(Ordering::Relaxed) {
+                0 => (last + limits.idle, Watch::Idle),
+                since => (ms(since - 1) + limits.header, Watch::SlowHead),
+            }
+        };
+        if deadline <= now {
+            verdict
+        } else {
+            Watch::Until(deadline)
+        }
     }
 }
 
@@ -120,7 +174,7 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
-    idle_timeout: Duration,
+    watch: WatchLimits,
     /// Cancelled when draining starts.
     drain: CancellationToken,
     /// Cancelled when the grace period is over: remaining connections are dropped.
@@ -157,8 +211,9 @@ pub async fn start_with_log(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.timeouts.client_header)
+        // No header_read_timeout: hyper's also runs while a keep-alive connection waits for its
+        // next request, which would cap client_idle at client_header. The connection watcher
+        // enforces both.
         .max_buf_size(config.limits.max_header_size)
         .max_headers(config.limits.max_headers);
     builder
@@ -192,7 +247,15 @@ pub async fn start_with_log(
         builder,
         tls,
         handshake_timeout: config.timeouts.tls_handshake,
-        idle_timeout: config.timeouts.client_idle,
+        watch: WatchLimits {
+            header: config.timeouts.client_header,
+            idle: config.timeouts.client_idle,
+            // Long enough for a slow upstream to be answered with a 504 first.
+            stall: config
+                .timeouts
+                .client_idle
+                .max(config.timeouts.upstream_response),
+        },
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
     });
@@ -367,8 +430,15 @@ where
     };
     let conn = shared.builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let idle = tokio::time::sleep(shared.idle_timeout);
-    tokio::pin!(idle);
+    // The connection's state (and with it the rule that applies) changes between wake-ups, so
+    // the watcher never sleeps longer than the shortest limit.
+    let nap = shared
+        .watch
+        .header
+        .min(shared.watch.idle)
+        .min(shared.watch.stall);
+    let watch = tokio::time::sleep(nap);
+    tokio::pin!(watch);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -382,13 +452,16 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = idle.as_mut(), if !closing => match info.idle_deadline(shared.idle_timeout) {
-                Some(deadline) if deadline <= Instant::now() => {
+            _ = watch.as_mut(), if !closing => match info.watch(shared.watch, Instant::now()) {
+                Watch::Until(deadline) => watch.as_mut().reset(deadline.min(Instant::now() + nap)),
+                Watch::Idle => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                Some(deadline) => idle.as_mut().reset(deadline),
-                None => idle.as_mut().reset(Instant::now() + shared.idle_timeout),
+                verdict => {
+                    tracing::debug!(peer = %info.peer, ?verdict, "closing connection");
+                    return;
+                }
             },
             _ = shared.hard_stop.cancelled() => return,
         }
@@ -410,7 +483,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.info.touch();
+            self.info.read_progress();
         }
         r
     }
@@ -424,7 +497,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.touch();
+            self.info.write_progress();
         }
         r
     }
@@ -436,7 +509,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.touch();
+            self.info.write_progress();
         }
         r
     }
@@ -451,5 +524,59 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: WatchLimits = WatchLimits {
+        header: Duration::from_secs(10),
+        idle: Duration::from_secs(75),
+        stall: Duration::from_secs(90),
+    };
+
+    fn conn() -> ConnInfo {
+        ConnInfo::new("127.0.0.1:1".parse().unwrap(), false, None)
+    }
+
+    fn at(c: &ConnInfo, secs: u64) -> Instant {
+        c.epoch + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_new_connection_owes_a_request_head() {
+        let c = conn();
+        assert_eq!(
+            c.watch(LIMITS, at(&c, 9)),
+            Watch::Until(c.epoch + LIMITS.header)
+        );
+        assert_eq!(c.watch(LIMITS, at(&c, 10)), Watch::SlowHead);
+    }
+
+    #[test]
+    fn keep_alive_waits_for_client_idle_not_client_header() {
+        let c = conn();
+        c.request_started();
+        c.write_progress();
+        c.request_finished();
+        // no byte of a next request yet: the idle rule (75 s), not the head rule (10 s)
+        assert!(matches!(c.watch(LIMITS, at(&c, 30)), Watch::Until(_)));
+        assert_eq!(c.watch(LIMITS, at(&c, 80)), Watch::Idle);
+        // the first byte of a head starts the head timer
+        c.read_progress();
+        assert_eq!(c.watch(LIMITS, at(&c, 11)), Watch::SlowHead);
+        // a write (an HTTP/2 ping answer, say) clears it
+        c.write_progress();
+        assert!(matches!(c.watch(LIMITS, at(&c, 11)), Watch::Until(_)));
+    }
+
+    #[test]
+    fn a_busy_connection_with_no_progress_is_stalled() {
+        let c = conn();
+        c.request_started();
+        assert!(matches!(c.watch(LIMITS, at(&c, 89)), Watch::Until(_)));
+        assert_eq!(c.watch(LIMITS, at(&c, 91)), Watch::Stalled);
     }
 }

@@ -49,11 +49,14 @@ impl StaticFiles {
     where
         B: Send + 'static,
     {
-        let file = match self.resolve(rel).await {
+        // A folder asked for without its trailing slash is redirected, so its relative links
+        // work; judged on the request path, since a stripped route's root has an empty `rel`.
+        let slashed = req.uri().path().ends_with('/');
+        let file = match self.resolve(rel, slashed).await {
             Ok(Resolved::File(f)) => f,
             Ok(Resolved::AddSlash) => return Ok(add_slash(&req)),
             Err(ProxyError::NotFound) => match &self.fallback {
-                Some(fb) => match self.resolve(fb).await? {
+                Some(fb) => match self.resolve(fb, true).await? {
                     Resolved::File(f) => f,
                     Resolved::AddSlash => return Err(ProxyError::NotFound),
                 },
@@ -78,13 +81,13 @@ impl StaticFiles {
         Ok(resp.map(|body| Body::Static { body }))
     }
 
-    async fn resolve(&self, rel: &str) -> Result<Resolved, ProxyError> {
+    async fn resolve(&self, rel: &str, slashed: bool) -> Result<Resolved, ProxyError> {
         let rel_path = sanitize(rel)?;
         let found = self.inside(&self.root.join(&rel_path)).await?;
         if !found.is_dir() {
             return Ok(Resolved::File(found));
         }
-        if !rel.is_empty() && !rel.ends_with('/') {
+        if !slashed {
             return Ok(Resolved::AddSlash);
         }
         let index = self.inside(&found.join(&self.index)).await?;
@@ -109,6 +112,10 @@ impl StaticFiles {
             Err(e) => match e.kind() {
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Err(ProxyError::NotFound),
                 io::ErrorKind::PermissionDenied => Err(ProxyError::Forbidden("permission denied")),
+                // ENAMETOOLONG (36) and ELOOP (40) in Linux's errno.h: the client's path, not
+                // usher, is at fault, so no 500 and no error-level log line.
+                _ if e.raw_os_error() == Some(36) => Err(ProxyError::NotFound),
+                _ if e.raw_os_error() == Some(40) => Err(ProxyError::Forbidden("symlink loop")),
                 _ => Err(ProxyError::Static(e)),
             },
         }

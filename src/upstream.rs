@@ -18,6 +18,12 @@ use crate::error::ProxyError;
 /// The request body type sent upstream.
 pub type ReqBody = Incoming;
 
+/// How long checkout waits for a pooled connection to become ready again. One whose response
+/// ended while its request body was still being sent (an app answering an upload early) can
+/// stay busy; after this wait it is dropped and the next one tried, instead of stalling the
+/// request.
+const READY_WAIT: Duration = Duration::from_millis(250);
+
 /// Most idle connections kept per member; more are closed when returned.
 const MAX_IDLE_PER_MEMBER: usize = 256;
 
@@ -162,7 +168,7 @@ impl Pool {
             }
             // A connection released right after its response body ended may need a moment for
             // its task to become ready again; one that fails here is dead, so try the next.
-            match tokio::time::timeout(self.connect_timeout, sender.ready()).await {
+            match tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 Ok(Ok(())) => {
                     return Some(PooledConn {
                         sender,

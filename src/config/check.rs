@@ -159,6 +159,20 @@ impl Checker<'_> {
             .map(|(i, s)| self.site(i, s, https.is_some()))
             .collect();
         self.cross_site(&raw.sites, &sites);
+        if http.is_some_and(|a| a.port() != 0) && http == https {
+            self.issue(
+                s.https.as_ref().map(|v| v.span()),
+                "server.https",
+                "the same address as server.http; give the listeners different ports".into(),
+            );
+        }
+        if http.is_none() && !sites.iter().any(|s| s.tls != TlsMode::Off) && !sites.is_empty() {
+            self.issue(
+                s.http.as_ref().map(|v| v.span()),
+                "server.http",
+                "is \"off\" and no site uses TLS: nothing would be served".into(),
+            );
+        }
         Config {
             file: path.to_owned(),
             http,
@@ -399,6 +413,12 @@ impl Checker<'_> {
                             format!("{key}.{name}"),
                             format!("{v:?} must be a file name inside the static folder"),
                         );
+                    } else if name == "fallback" && !dir.join(v).is_file() {
+                        self.issue(
+                            r.fallback.as_ref().map(|f| f.span()),
+                            format!("{key}.fallback"),
+                            format!("{} is not a file", dir.join(v).display()),
+                        );
                     }
                 }
             }
@@ -439,7 +459,8 @@ impl Checker<'_> {
                     }
                 }
             };
-            if to.is_empty() || to.contains(['\r', '\n']) {
+            let valid = http::HeaderValue::from_str(&to.replace("{uri}", "/")).is_ok();
+            if to.is_empty() || !valid {
                 self.issue(
                     r.redirect.as_ref().map(|t| t.span()),
                     format!("{key}.redirect"),
@@ -492,6 +513,15 @@ impl Checker<'_> {
                         format!("{name:?} is already a name of site[{first}]"),
                     );
                 }
+            }
+        }
+        // Clients connecting by IP address send no SNI, so only the default site's certificate
+        // can reach them.
+        for (i, site) in sites.iter().enumerate() {
+            let ip = site.names.iter().find(|n| n.parse::<IpAddr>().is_ok());
+            if let (Some(ip), false, false) = (ip, site.default, site.tls == TlsMode::Off) {
+                let span = raw[i].get_ref().names.as_ref().map(|n| n.span());
+                self.issue(span, format!("site[{i}].names"), format!("{ip:?} is an IP address: TLS clients send no SNI for it, so only the default site can answer; set default = true on this site or tls = \"off\""));
             }
         }
         let defaults: Vec<usize> = (0..sites.len()).filter(|&i| sites[i].default).collect();

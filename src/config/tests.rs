@@ -221,8 +221,9 @@ fn cross_site_rules() {
 
 #[test]
 fn listeners_limits_and_formats() {
+    let tls_site = MINIMAL.replace("tls = \"off\"", "");
     let c = parse(&format!(
-        "[server]\nhttp = \"off\"\nhttps = \"[::]:8443\"\naccess_log = \"json\"\n{MINIMAL}"
+        "[server]\nhttp = \"off\"\nhttps = \"[::]:8443\"\naccess_log = \"json\"\n{tls_site}"
     ))
     .unwrap();
     assert_eq!(c.http, None);
@@ -232,6 +233,14 @@ fn listeners_limits_and_formats() {
         "[server]\nhttp = \"off\"\nhttps = \"off\"\n{MINIMAL}"
     ));
     assert!(i[0].message.contains("both listeners are off"));
+    // plain listener off and no TLS site: nothing to serve
+    let i = issues(&format!("[server]\nhttp = \"off\"\n{MINIMAL}"));
+    assert!(i[0].message.contains("nothing would be served"), "{i:?}");
+    // one address for both listeners
+    let i = issues(&format!(
+        "[server]\nhttp = \"127.0.0.1:8080\"\nhttps = \"127.0.0.1:8080\"\n{MINIMAL}"
+    ));
+    assert!(i[0].message.contains("different ports"), "{i:?}");
     let i = issues(&format!("[server]\naccess_log = \"xml\"\n{MINIMAL}"));
     assert!(i[0].message.contains("\"text\", \"json\", \"off\""));
     let i = issues(&format!(
@@ -246,4 +255,32 @@ fn listeners_limits_and_formats() {
         (c.limits.max_header_size, c.limits.max_headers),
         (16384, 50)
     );
+}
+
+#[test]
+fn ip_names_on_a_tls_site_need_the_default_site() {
+    let site =
+        "[[site]]\nnames = [\"10.0.0.5\"]\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n";
+    let i = issues(site);
+    assert!(i[0].message.contains("send no SNI"), "{i:?}");
+    assert!(parse(&site.replace("[\"10.0.0.5\"]", "[\"10.0.0.5\"]\ndefault = true")).is_ok());
+    assert!(parse(&site.replace("[\"10.0.0.5\"]", "[\"10.0.0.5\"]\ntls = \"off\"")).is_ok());
+}
+
+#[test]
+fn redirect_targets_and_fallback_files_are_checked() {
+    let base = "[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\n";
+    let i = issues(&format!("{base}redirect = \"/x\\u0001\""));
+    assert_eq!(i[0].key, "site[0].route[0].redirect", "{i:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display();
+    let i = issues(&format!(
+        "{base}static = \"{root}\"\nfallback = \"app.html\""
+    ));
+    assert!(i[0].message.contains("is not a file"), "{i:?}");
+    std::fs::write(dir.path().join("app.html"), "x").unwrap();
+    assert!(parse(&format!(
+        "{base}static = \"{root}\"\nfallback = \"app.html\""
+    ))
+    .is_ok());
 }

@@ -218,3 +218,92 @@ redirect = "/x"
     let mut c = Client::plain(usher.http, Proto::H1).await;
     assert_eq!(c.get("a.test", "/").await.status, 308);
 }
+
+/// `//drafts/x` and `/%64rafts/x` are the same path as `/drafts/x`: they must reach the
+/// `/drafts/` route, not slip into the broader `/` route.
+#[tokio::test]
+async fn encoded_or_doubled_paths_cannot_bypass_a_more_specific_route() {
+    let (public, drafts) = (
+        Upstream::start("public").await,
+        Upstream::start("drafts").await,
+    );
+    let usher = TestServer::start(&format!(
+        r#"
+[[site]]
+names = ["a.test"]
+tls = "off"
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+[[site.route]]
+path = "/drafts/"
+proxy = ["{}"]
+"#,
+        public.addr, drafts.addr
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for path in [
+        "/drafts/x",
+        "//drafts/x",
+        "/%64rafts/x",
+        "/dr%61fts/x",
+        "///drafts//x",
+    ] {
+        let r = c.get("a.test", path).await;
+        assert!(
+            r.text().starts_with("drafts "),
+            "{path} went to {}",
+            r.text()
+        );
+    }
+    assert_eq!(c.get("a.test", "/a/../drafts/x").await.status, 400);
+    // a route that does not strip its prefix forwards the path exactly as the client sent it
+    let seen: Vec<String> = drafts.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(seen[2], "/%64rafts/x");
+}
+
+/// The host that picked the site and passed the SNI check is the Host the upstream gets.
+#[tokio::test]
+async fn upstream_host_is_the_routed_host() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let usher = TestServer::start(&format!(
+        r#"
+[[site]]
+names = ["a.test"]
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+[[site]]
+names = ["b.test"]
+[[site.route]]
+path = "/"
+proxy = ["{}"]
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    // HTTP/2: a host header that disagrees with :authority is malformed
+    let mut h2 = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H2)
+        .await
+        .unwrap();
+    let req = http::Request::get("https://a.test/x")
+        .header("host", "b.test")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(h2.send(req).await.status, 400);
+    // HTTP/1.1 absolute form: the authority wins and becomes the upstream's Host
+    let mut h1 = Client::tls(usher.https(), "a.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    let req = http::Request::get("https://a.test/y")
+        .header("host", "b.test")
+        .body(Default::default())
+        .unwrap();
+    let r = h1.send(req).await;
+    assert_eq!(r.text(), "a /y");
+    let seen = a.seen();
+    assert_eq!(seen[0].headers["host"], "a.test");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "a.test");
+    assert!(b.seen().is_empty());
+}

@@ -86,24 +86,112 @@ async fn grace_period_limits_the_drain() {
     assert!(rest < 199 * 16 * 1024, "the download was not cut");
 }
 
-/// An idle keep-alive connection is closed after `client_idle`; a busy one is not.
-#[tokio::test]
-async fn idle_connections_are_closed() {
-    let up = Upstream::start("app").await;
-    let usher = TestServer::start(&format!(
-        "[timeouts]\nclient_idle = \"300ms\"\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+fn app_site(up: &Upstream, timeouts: &str) -> String {
+    format!(
+        "[timeouts]\n{timeouts}\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
         up.addr
-    ))
-    .await;
-    // A request slower than the idle timeout is not cut: the connection is busy, not idle.
+    )
+}
+
+/// Reads from a raw connection until `needle` has arrived (bounded).
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = bounded("response", s.read(&mut buf)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads until the server closes (bounded); returns how many bytes came.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> usize {
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match bounded("server close", s.read(&mut buf)).await {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+/// A connection that sends nothing, or only part of a request head, is closed after
+/// `client_header`; one that is busy with a slow upstream is not.
+#[tokio::test]
+async fn silent_and_slow_request_heads_are_closed() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&app_site(&up, "client_header = \"300ms\"")).await;
+    let mut silent = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    assert_eq!(read_to_close(&mut silent).await, 0);
+    let mut slow = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app")
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut slow).await, 0);
+    // a request slower than client_header is not cut: the head arrived, the wait is upstream
     let mut c = Client::plain(usher.http, Proto::H1).await;
     assert_eq!(c.get("app.test", "/slow?ms=700").await.status, 200);
+}
 
-    // A raw connection that sends nothing is closed by the server (read returns 0).
-    let mut raw = tokio::net::TcpStream::connect(usher.http).await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = bounded("idle close", raw.read(&mut buf)).await.unwrap_or(0);
-    assert_eq!(n, 0, "the server should close an idle connection");
+/// A keep-alive connection outlives `client_header` and is closed after `client_idle`.
+#[tokio::test]
+async fn keep_alive_lasts_client_idle_then_closes() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&app_site(
+        &up,
+        "client_header = \"200ms\"\nclient_idle = \"1s\"",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, "app /one").await;
+    // Longer than client_header, shorter than client_idle: the passing of time is the point.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, "app /two").await;
+    // then, with nothing sent, the server closes it
+    assert_eq!(read_to_close(&mut s).await, 0);
+}
+
+/// A client that stops reading a response is dropped once nothing moves for the stall limit
+/// (the larger of client_idle and upstream_response).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&app_site(
+        &up,
+        "client_idle = \"300ms\"\nupstream_response = \"300ms\"",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    // 2000 x 16 KiB = 32 MiB: far more than loopback socket buffers hold
+    s.write_all(b"GET /stream?chunks=2000&ms=0 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing; the response ends (its log line is written) only when usher gives up.
+    let deadline = std::time::Instant::now() + crate::support::STEP;
+    while !usher.access_log().contains("/stream") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usher kept the stalled connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got = read_to_close(&mut s).await;
+    assert!(got < 2000 * 16 * 1024, "the whole response arrived: {got}");
 }
 
 /// In-process drain: `shutdown` + `wait` returns promptly when connections are idle.

@@ -216,3 +216,27 @@ async fn no_request_reads_outside_the_root() {
     let (status, _) = raw_get(usher.http, "/a.txt").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_stripped_routes_root_without_slash_redirects_and_long_names_are_404() {
+    let (_dir, usher) = start().await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    // the /spa/ route strips its prefix; "/spa" alone is its folder without the slash
+    let usher2 = {
+        let dir = tempfile::tempdir().unwrap();
+        make_site(dir.path());
+        let config = format!(
+            "{}\n[[site]]\nnames = [\"s.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/static\"\nstrip_prefix = true\nstatic = \"www\"\n",
+            crate::support::server::SERVER_SECTION
+        );
+        (TestServer::start_in(dir.path(), &config).await, dir)
+    };
+    let mut c2 = Client::plain(usher2.0.http, Proto::H1).await;
+    let r = c2.get("s.test", "/static").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), "/static/");
+    assert_eq!(c2.get("s.test", "/static/").await.text(), "<h1>home</h1>");
+    // a path segment longer than the file system allows is a plain 404, not a 500
+    let long = format!("/{}", "a".repeat(300));
+    assert_eq!(c.get("s.test", &long).await.status, 404);
+}

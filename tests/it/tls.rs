@@ -208,3 +208,27 @@ async fn a_damaged_local_ca_is_a_startup_error_naming_the_file() {
     let kept = std::fs::read_to_string(dir.path().join("certs/local-ca/root.crt")).unwrap();
     assert_eq!(kept, "not a certificate");
 }
+
+#[tokio::test]
+async fn a_local_ca_key_from_another_ca_is_refused() {
+    let config = format!("{}\n{TWO_SITES}", crate::support::server::SERVER_SECTION);
+    // two CAs, then the first one's certificate with the second one's key
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    TestServer::start_in(a.path(), &config).await.stop().await;
+    TestServer::start_in(b.path(), &config).await.stop().await;
+    std::fs::copy(
+        b.path().join("certs/local-ca/root.key"),
+        a.path().join("certs/local-ca/root.key"),
+    )
+    .unwrap();
+    let config = usher::Config::load(&a.path().join("proxy.toml")).unwrap();
+    let err = usher::start(config)
+        .await
+        .err()
+        .expect("a mismatched CA key must stop the start");
+    assert!(
+        err.to_string()
+            .contains("does not belong to local-ca/root.crt"),
+        "{err}"
+    );
+}
