@@ -4,6 +4,7 @@
 //!
 //! Semantic errors are collected, not returned at the first one, so `usher check` shows them all.
 
+mod acme;
 mod check;
 mod raw;
 mod units;
@@ -40,6 +41,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Request header limits.
     pub limits: Limits,
+    /// Automatic certificates (used by `tls = "acme"` sites).
+    pub acme: Acme,
     /// The sites, in file order.
     pub sites: Vec<Site>,
 }
@@ -105,6 +108,85 @@ pub enum TlsMode {
     Files { cert: PathBuf, key: PathBuf },
     /// Plain HTTP only: no certificate, no redirect.
     Off,
+    /// Obtained and renewed from an ACME CA (`[acme]`).
+    Acme,
+}
+
+/// Let's Encrypt's production directory: the default issuer.
+pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`directory = "staging"`).
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    /// Contact address given to the CA.
+    pub email: Option<String>,
+    /// Extra roots trusted for the directories' HTTPS (private CAs, tests).
+    pub ca_roots: Vec<PathBuf>,
+    /// Challenge types in order of preference.
+    pub challenges: Vec<ChallengeKind>,
+    /// CAs in order: when one keeps failing for a site, the next is tried.
+    pub issuers: Vec<Issuer>,
+    /// First delay after a failed attempt; doubles per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    /// Longest delay between attempts.
+    pub retry_max: Duration,
+}
+
+/// An ACME challenge type usher can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// A token served on the plain listener at `/.well-known/acme-challenge/`.
+    Http01,
+    /// A special certificate served on the TLS listener to ALPN `acme-tls/1`.
+    TlsAlpn01,
+}
+
+/// One ACME CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    /// The directory URL.
+    pub directory: String,
+    /// External Account Binding, for CAs that require it.
+    pub eab: Option<Eab>,
+    /// An ACME profile name to ask for.
+    pub profile: Option<String>,
+}
+
+/// External Account Binding credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    /// The key identifier from the CA.
+    pub kid: String,
+    /// The decoded HMAC key.
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never print key material
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names that no public CA will certify: they default to `tls = "internal"`.
+pub fn is_local_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || [
+            ".localhost",
+            ".test",
+            ".local",
+            ".internal",
+            ".home.arpa",
+            ".example",
+            ".invalid",
+        ]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
 }
 
 /// One route inside a site.

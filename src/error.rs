@@ -195,6 +195,9 @@ pub enum StartupError {
         #[source]
         source: rcgen::Error,
     },
+    /// The ACME setup is unusable (unreadable `ca_roots`, say).
+    #[error("ACME: {0}")]
+    Acme(String),
     /// rustls refused the TLS configuration.
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),

@@ -4,7 +4,7 @@
 //! connection: accept (TCP_NODELAY) -> TLS handshake (SNI -> CertResolver, timeout)
 //!             -> hyper-util auto (HTTP/1.1 + h2, header timeout) -> idle watcher, drain
 //! request:    Proxy::handle -> try_handle:
-//!   1. ACME HTTP-01 challenge?            (reserved)
+//!   1. ACME HTTP-01 challenge?            -> answer it
 //!   2. routes snapshot -> site by Host -> route by longest path prefix
 //!   3. plain HTTP on a TLS site?          -> 308 to https
 //!   4. dispatch: static | redirect | forward
@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod body;
 pub mod certs;
 pub mod config;

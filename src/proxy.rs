@@ -1,7 +1,7 @@
 //! The request path. `handle` never fails: it calls `try_handle` and turns an error into a
 //! response through the status table in `error.rs`. `try_handle` reads like the spec:
 //!
-//! 1. ACME HTTP-01 challenge? (reserved: answered by the ACME work; 404 until then)
+//! 1. ACME HTTP-01 challenge? answer it (plain listener only).
 //! 2. Load the current routes snapshot, find the site (by Host) and route (by path prefix).
 //! 3. Plain HTTP on a TLS site? 308 to https.
 //! 4. Dispatch on the route's action: static files, redirect, or `forward`.
@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LogTail};
+use crate::acme::Challenges;
 use crate::body::{Body, Logged, UpstreamBody};
 use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
@@ -34,15 +35,22 @@ pub struct Proxy {
     /// Port used in redirects to https (`None`: the default 443, omitted from URLs).
     https_port: Option<u16>,
     log: Option<AccessLog>,
+    challenges: Arc<Challenges>,
 }
 
 impl Proxy {
     /// A proxy over `routes`.
-    pub fn new(routes: Routes, https_port: Option<u16>, log: Option<AccessLog>) -> Proxy {
+    pub fn new(
+        routes: Routes,
+        https_port: Option<u16>,
+        log: Option<AccessLog>,
+        challenges: Arc<Challenges>,
+    ) -> Proxy {
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             https_port: https_port.filter(|p| *p != 443),
             log,
+            challenges,
         }
     }
 
@@ -81,9 +89,20 @@ impl Proxy {
         conn: &ConnInfo,
         tail: &mut LogTail,
     ) -> Result<Response<Body>, ProxyError> {
-        // 1. ACME HTTP-01 challenges
-        if !conn.tls && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
-            return Err(ProxyError::NotFound);
+        // 1. ACME HTTP-01 challenges: answered before any routing, redirect or proxying
+        if !conn.tls {
+            if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                let answer = self
+                    .challenges
+                    .http_answer(token)
+                    .ok_or(ProxyError::NotFound)?;
+                let mut resp = Response::new(Body::full(answer));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok(resp);
+            }
         }
         // 2. site and route
         let routes = self.routes.load_full();

@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::certs::{self, FileStorage, LocalCa};
+use crate::acme::{AcmeManager, Challenges, ManagedSite, ACME_TLS_ALPN};
+use crate::certs::{self, FileStorage, LocalCa, Storage};
 use crate::config::{Config, TlsMode};
 use crate::error::StartupError;
 use crate::proxy::Proxy;
 use crate::routing::Routes;
-use crate::tls::{self, CertMap, CertResolver};
+use crate::tls::{self, CertResolver, SiteCerts};
 
 /// Listen backlog: enough for a burst of new connections (nginx's benchmark config uses 4096).
 const BACKLOG: u32 = 4096;
@@ -192,17 +193,27 @@ pub async fn start_with_log(
     log_sink: Box<dyn io::Write + Send>,
 ) -> Result<ServerHandle, StartupError> {
     let provider = tls::provider();
-    let resolver = Arc::new(CertResolver::default());
+    let challenges = Arc::new(Challenges::default());
+    let resolver = Arc::new(CertResolver::new(challenges.clone()));
+    let site_certs = Arc::new(SiteCerts::new(&config, resolver.clone()));
+    let needs_storage = |m: &TlsMode| matches!(m, TlsMode::Internal | TlsMode::Acme);
+    let storage: Option<Arc<dyn Storage>> = if config.sites.iter().any(|s| needs_storage(&s.tls)) {
+        let s = FileStorage::open(&config.certs_dir).map_err(|source| StartupError::Storage {
+            path: config.certs_dir.clone(),
+            source,
+        })?;
+        Some(Arc::new(s))
+    } else {
+        None
+    };
     let mut local_ca = None;
-    if config.sites.iter().any(|s| s.tls == TlsMode::Internal) {
-        let storage =
-            FileStorage::open(&config.certs_dir).map_err(|source| StartupError::Storage {
-                path: config.certs_dir.clone(),
-                source,
-            })?;
-        local_ca = Some(Arc::new(LocalCa::load_or_create(&storage).await?));
+    if let (Some(storage), true) = (
+        &storage,
+        config.sites.iter().any(|s| s.tls == TlsMode::Internal),
+    ) {
+        local_ca = Some(Arc::new(LocalCa::load_or_create(storage.as_ref()).await?));
     }
-    resolver.replace(cert_map(&config, local_ca.as_deref(), &provider)?);
+    install_certs(&config, local_ca.as_deref(), &provider, &site_certs, false)?;
     let routes = Routes::build(&config).map_err(|source| StartupError::Storage {
         path: config.file.clone(),
         source,
@@ -240,7 +251,12 @@ pub async fn start_with_log(
     let (http_addr, https_addr) = (addr(&http), addr(&https));
     let log = AccessLog::start(config.access_log, log_sink);
     // The bound port, not the configured one: they differ when the config asks for port 0.
-    let proxy = Proxy::new(routes, https_addr.map(|a| a.port()), log.clone());
+    let proxy = Proxy::new(
+        routes,
+        https_addr.map(|a| a.port()),
+        log.clone(),
+        challenges.clone(),
+    );
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         proxy,
@@ -275,10 +291,30 @@ pub async fn start_with_log(
         tokio::spawn(renew_internal(
             config.clone(),
             ca.clone(),
-            provider,
-            resolver,
+            provider.clone(),
+            site_certs.clone(),
             shutdown.clone(),
         ));
+    }
+    let acme_sites: Vec<ManagedSite> = config
+        .sites
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.tls == TlsMode::Acme)
+        .map(|(site, s)| ManagedSite {
+            site,
+            names: s.names.clone(),
+        })
+        .collect();
+    if let (Some(storage), false) = (storage, acme_sites.is_empty()) {
+        let manager = AcmeManager::new(
+            config.acme.clone(),
+            storage,
+            challenges.clone(),
+            site_certs.clone(),
+            provider,
+        )?;
+        manager.start(acme_sites, shutdown.clone()).await;
     }
     let grace = config.grace_period;
     let done = tokio::spawn(async move {
@@ -305,21 +341,26 @@ pub async fn start_with_log(
     })
 }
 
-fn cert_map(
+/// Installs the certificates usher makes or reads itself (local CA, PEM files); ACME sites stay
+/// pending until the manager installs theirs. `internal_only` re-issues local-CA leaves alone.
+fn install_certs(
     config: &Config,
     ca: Option<&LocalCa>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<CertMap, StartupError> {
-    let mut map = CertMap::default();
-    for site in &config.sites {
+    certs: &SiteCerts,
+    internal_only: bool,
+) -> Result<(), StartupError> {
+    for (i, site) in config.sites.iter().enumerate() {
         let cert = match (&site.tls, ca) {
             (TlsMode::Internal, Some(ca)) => ca.issue(&site.names, provider)?,
-            (TlsMode::Files { cert, key }, _) => certs::load_pem_files(cert, key, provider)?,
+            (TlsMode::Files { cert, key }, _) if !internal_only => {
+                certs::load_pem_files(cert, key, provider)?
+            }
             _ => continue,
         };
-        map.insert(&site.names, cert, site.default);
+        certs.set(i, cert);
     }
-    Ok(map)
+    Ok(())
 }
 
 /// Re-issues internal leaf certificates when a third of their lifetime remains.
@@ -327,7 +368,7 @@ async fn renew_internal(
     config: Config,
     ca: Arc<LocalCa>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    resolver: Arc<CertResolver>,
+    certs: Arc<SiteCerts>,
     shutdown: CancellationToken,
 ) {
     let every = certs::INTERNAL_LEAF_LIFETIME * 2 / 3;
@@ -336,11 +377,8 @@ async fn renew_internal(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match cert_map(&config, Some(&ca), &provider) {
-            Ok(map) => {
-                resolver.replace(map);
-                tracing::info!("re-issued internal certificates");
-            }
+        match install_certs(&config, Some(&ca), &provider, &certs, true) {
+            Ok(()) => tracing::info!("re-issued internal certificates"),
             Err(e) => {
                 tracing::error!(error = %e, "re-issuing internal certificates failed; keeping the current ones")
             }
@@ -405,6 +443,12 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, is_tls: bool, shared: Arc<S
                 },
                 _ = shared.drain.cancelled() => return,
             };
+            if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                // A CA validating TLS-ALPN-01: the handshake was the whole answer.
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                return;
+            }
             let sni = stream.get_ref().1.server_name().map(Box::from);
             serve_conn(stream, ConnInfo::new(peer, true, sni), shared).await;
         }

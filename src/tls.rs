@@ -9,6 +9,9 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 
+use crate::acme::{Challenges, ACME_TLS_ALPN};
+use crate::config::{Config, TlsMode};
+
 /// How many TLS sessions the server remembers for resumption by session ID (tickets need none).
 const SESSION_CACHE_SIZE: usize = 4096;
 
@@ -28,26 +31,36 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// Certificates by host name, replaced whole on every change.
+/// Certificates by host name, replaced whole on every change. A name whose certificate is
+/// still on its way (`None`) refuses the handshake instead of falling back to the default.
 #[derive(Debug, Default)]
 pub struct CertMap {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Option<Arc<CertifiedKey>>>,
     /// `*.example.com` stored under `example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Option<Arc<CertifiedKey>>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
 impl CertMap {
     /// Adds `cert` for every name in `names`; `default` also makes it the no-SNI certificate.
     pub fn insert(&mut self, names: &[String], cert: Arc<CertifiedKey>, default: bool) {
+        self.names(names, Some(cert.clone()));
+        if default {
+            self.default = Some(cert);
+        }
+    }
+
+    /// Marks `names` as served but without a certificate yet.
+    pub fn pending(&mut self, names: &[String]) {
+        self.names(names, None);
+    }
+
+    fn names(&mut self, names: &[String], cert: Option<Arc<CertifiedKey>>) {
         for name in names {
             match name.strip_prefix("*.") {
                 Some(parent) => self.wildcard.insert(parent.to_owned(), cert.clone()),
                 None => self.exact.insert(name.clone(), cert.clone()),
             };
-        }
-        if default {
-            self.default = Some(cert);
         }
     }
 
@@ -63,25 +76,36 @@ impl CertMap {
         } else {
             name
         };
-        self.exact
-            .get(name)
-            .or_else(|| {
-                let (_, parent) = name.split_once('.')?;
-                self.wildcard.get(parent)
-            })
-            .or(self.default.as_ref())
-            .cloned()
+        let known = self.exact.get(name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        });
+        match known {
+            Some(cert) => cert.clone(),
+            None => self.default.clone(),
+        }
     }
 }
 
 /// Picks the certificate for each handshake from the current [`CertMap`]. An unknown SNI with
-/// no default site gets no certificate, and rustls refuses the handshake with an alert.
+/// no default site gets no certificate, and rustls refuses the handshake with an alert. A
+/// handshake offering ALPN `acme-tls/1` is a CA validating TLS-ALPN-01 and gets the challenge
+/// certificate (or nothing).
 #[derive(Debug, Default)]
 pub struct CertResolver {
     map: ArcSwap<CertMap>,
+    challenges: Arc<Challenges>,
 }
 
 impl CertResolver {
+    /// A resolver that also answers TLS-ALPN-01 from `challenges`.
+    pub fn new(challenges: Arc<Challenges>) -> CertResolver {
+        CertResolver {
+            map: ArcSwap::default(),
+            challenges,
+        }
+    }
+
     /// Replaces every certificate at once; handshakes in progress finish with the old map.
     pub fn replace(&self, map: CertMap) {
         self.map.store(Arc::new(map));
@@ -90,6 +114,11 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(mut alpn) = hello.alpn() {
+            if alpn.any(|p| p == ACME_TLS_ALPN) {
+                return self.challenges.tls_answer(hello.server_name()?);
+            }
+        }
         self.map.load().lookup(hello.server_name())
     }
 }
@@ -104,11 +133,62 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // acme-tls/1 last: only a CA validating TLS-ALPN-01 offers it, and such a connection is
+    // closed right after the handshake.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
+}
+
+/// Every site's current certificate. Changing one rebuilds the whole [`CertMap`] (a few
+/// entries per site, on a certificate change, never per request) and swaps it in.
+#[derive(Debug)]
+pub struct SiteCerts {
+    sites: Vec<(Vec<String>, bool)>,
+    certs: std::sync::Mutex<Vec<Option<Arc<CertifiedKey>>>>,
+    resolver: Arc<CertResolver>,
+}
+
+impl SiteCerts {
+    /// No certificates yet; TLS sites are pending until `set`.
+    pub fn new(config: &Config, resolver: Arc<CertResolver>) -> SiteCerts {
+        let sites: Vec<(Vec<String>, bool)> = config
+            .sites
+            .iter()
+            .map(|s| {
+                (
+                    if s.tls == TlsMode::Off {
+                        Vec::new()
+                    } else {
+                        s.names.clone()
+                    },
+                    s.default,
+                )
+            })
+            .collect();
+        let certs = vec![None; sites.len()];
+        SiteCerts {
+            sites,
+            certs: std::sync::Mutex::new(certs),
+            resolver,
+        }
+    }
+
+    /// Serves `cert` for site `site` from the next handshake on.
+    pub fn set(&self, site: usize, cert: Arc<CertifiedKey>) {
+        let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        certs[site] = Some(cert);
+        let mut map = CertMap::default();
+        for ((names, default), cert) in self.sites.iter().zip(certs.iter()) {
+            match cert {
+                Some(c) => map.insert(names, c.clone(), *default),
+                None => map.pending(names),
+            }
+        }
+        self.resolver.replace(map);
+    }
 }
 
 #[cfg(test)]

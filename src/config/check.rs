@@ -29,7 +29,12 @@ impl Checker<'_> {
         (line, col)
     }
 
-    fn issue(&mut self, span: Option<Range<usize>>, key: impl Into<String>, message: String) {
+    pub(super) fn issue(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: String,
+    ) {
         let line_col = span.map(|s| self.line_col(s.start));
         self.issues.push(ConfigIssue {
             line_col,
@@ -42,7 +47,12 @@ impl Checker<'_> {
         self.base.join(p)
     }
 
-    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         parse_duration(v.get_ref()).unwrap_or_else(|msg| {
             self.issue(Some(v.span()), key, msg);
@@ -142,9 +152,6 @@ impl Checker<'_> {
             ),
         };
         let limits = self.limits(&raw.limits);
-        if let Some(acme) = &raw.acme {
-            self.issue(Some(acme.span()), "acme", "ACME is not available in this version of usher yet; use tls = \"internal\" or cert/key files".into());
-        }
         if raw.sites.is_empty() {
             self.issue(
                 None,
@@ -159,6 +166,8 @@ impl Checker<'_> {
             .map(|(i, s)| self.site(i, s, https.is_some()))
             .collect();
         self.cross_site(&raw.sites, &sites);
+        let any_acme = sites.iter().any(|s| s.tls == TlsMode::Acme);
+        let acme = self.acme(&raw.acme, http.is_some(), https.is_some(), any_acme);
         if http.is_some_and(|a| a.port() != 0) && http == https {
             self.issue(
                 s.https.as_ref().map(|v| v.span()),
@@ -180,6 +189,7 @@ impl Checker<'_> {
             certs_dir,
             access_log,
             grace_period,
+            acme,
             timeouts,
             limits,
             sites,
@@ -245,7 +255,7 @@ impl Checker<'_> {
                 }
             }
         }
-        let tls = self.tls(&key, raw, &span);
+        let tls = self.tls(&key, raw, &span, &names);
         if tls != TlsMode::Off && !https_on {
             self.issue(
                 Some(span.clone()),
@@ -290,7 +300,7 @@ impl Checker<'_> {
         }
     }
 
-    fn tls(&mut self, key: &str, raw: &RawSite, span: &Range<usize>) -> TlsMode {
+    fn tls(&mut self, key: &str, raw: &RawSite, span: &Range<usize>, names: &[String]) -> TlsMode {
         let mode = raw.tls.as_ref().map(|t| (t.get_ref().as_str(), t.span()));
         let has_mode = mode.is_some();
         match (mode, &raw.cert, &raw.key) {
@@ -326,17 +336,43 @@ impl Checker<'_> {
                 );
                 TlsMode::Internal
             }
-            (None | Some(("internal", _)), _, _) => TlsMode::Internal,
+            // Like Caddy: public names get ACME, local ones the local CA.
+            (None, _, _) if names.iter().all(|n| is_local_name(n)) => TlsMode::Internal,
+            (None, _, _) => self.acme_site(key, raw, names, span.clone()),
+            (Some(("internal", _)), _, _) => TlsMode::Internal,
             (Some(("off", _)), _, _) => TlsMode::Off,
-            (Some(("acme", s)), _, _) => {
-                self.issue(Some(s), format!("{key}.tls"), "\"acme\" is not available in this version of usher yet; use \"internal\", \"off\", or cert and key files".into());
-                TlsMode::Internal
-            }
+            (Some(("acme", s)), _, _) => self.acme_site(key, raw, names, s),
             (Some((m, s)), _, _) => {
                 self.issue(Some(s), format!("{key}.tls"), format!("{m:?} is not a TLS mode; allowed: \"internal\", \"off\", \"acme\", or cert and key files"));
                 TlsMode::Internal
             }
         }
+    }
+
+    /// An ACME site: its names must be ones a CA can validate over HTTP-01 or TLS-ALPN-01.
+    fn acme_site(
+        &mut self,
+        key: &str,
+        raw: &RawSite,
+        names: &[String],
+        span: Range<usize>,
+    ) -> TlsMode {
+        let span = raw.names.as_ref().map_or(span, |n| n.span());
+        for name in names {
+            let why = if name.starts_with("*.") {
+                "is a wildcard: wildcard certificates need the DNS-01 challenge, which usher does not do yet; list the names, or use cert and key files"
+            } else if name.parse::<IpAddr>().is_ok() {
+                "is an IP address: usher does not order ACME certificates for IP addresses yet; use tls = \"internal\" or cert and key files"
+            } else {
+                continue;
+            };
+            self.issue(
+                Some(span.clone()),
+                format!("{key}.names"),
+                format!("{name:?} {why}"),
+            );
+        }
+        TlsMode::Acme
     }
 
     fn route(&mut self, key: &str, raw: &Spanned<RawRoute>) -> Option<Route> {

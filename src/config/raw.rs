@@ -16,8 +16,8 @@ pub struct RawConfig {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
-    /// Reserved for the ACME issue; rejected with a clear message until then.
-    pub acme: S<toml::Value>,
+    #[serde(default)]
+    pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
 }
@@ -80,4 +80,32 @@ pub struct RawRoute {
     pub proxy: S<Vec<Spanned<String>>>,
     pub redirect: S<String>,
     pub status: S<i64>,
+}
+
+/// `[acme]`: automatic certificates. The issuer keys here describe one issuer; several go in
+/// `[[acme.issuer]]` instead.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub email: S<String>,
+    pub directory: S<String>,
+    pub eab_kid: S<String>,
+    pub eab_hmac_key: S<String>,
+    pub profile: S<String>,
+    pub ca_roots: S<Vec<Spanned<String>>>,
+    pub challenges: S<Vec<Spanned<String>>>,
+    pub retry_initial: S<String>,
+    pub retry_max: S<String>,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+}
+
+/// `[[acme.issuer]]`: one ACME CA, tried in order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub directory: S<String>,
+    pub eab_kid: S<String>,
+    pub eab_hmac_key: S<String>,
+    pub profile: S<String>,
 }

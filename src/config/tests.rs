@@ -102,12 +102,108 @@ fn unknown_keys_are_errors() {
 }
 
 #[test]
-fn acme_is_not_available_yet() {
-    let i = issues(&MINIMAL.replace("tls = \"off\"", "tls = \"acme\""));
-    assert!(i[0].message.contains("not available"), "{i:?}");
-    assert_eq!(i[0].key, "site[0].tls");
-    let i = issues(&format!("[acme]\nemail = \"a@b.c\"\n{MINIMAL}"));
-    assert_eq!(i[0].key, "acme");
+fn public_names_default_to_acme_and_local_ones_to_internal() {
+    let site = |names: &str| {
+        MINIMAL
+            .replace("tls = \"off\"", "")
+            .replace("[\"example.com\"]", names)
+    };
+    assert_eq!(
+        parse(&site("[\"example.com\"]")).unwrap().sites[0].tls,
+        TlsMode::Acme
+    );
+    for local in [
+        "[\"localhost\"]",
+        "[\"a.localhost\", \"b.test\"]",
+        "[\"127.0.0.1\"]",
+        "[\"nas.home.arpa\"]",
+    ] {
+        let text = site(local).replace("[[site]]", "[[site]]\ndefault = true");
+        assert_eq!(
+            parse(&text).unwrap().sites[0].tls,
+            TlsMode::Internal,
+            "{local}"
+        );
+    }
+    // one public name among local ones makes the site ACME
+    assert_eq!(
+        parse(&site("[\"localhost\", \"example.com\"]"))
+            .unwrap()
+            .sites[0]
+            .tls,
+        TlsMode::Acme
+    );
+}
+
+#[test]
+fn acme_sites_need_names_a_ca_can_validate() {
+    let acme = |names: &str| {
+        MINIMAL
+            .replace("tls = \"off\"", "tls = \"acme\"")
+            .replace("[\"example.com\"]", names)
+    };
+    let i = issues(&acme("[\"*.example.com\"]"));
+    assert!(i[0].message.contains("DNS-01"), "{i:?}");
+    let i = issues(&acme("[\"192.0.2.1\"]").replace("[[site]]", "[[site]]\ndefault = true"));
+    assert!(i[0].message.contains("IP address"), "{i:?}");
+}
+
+#[test]
+fn acme_defaults_and_issuers() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.acme.issuers.len(), 1);
+    assert_eq!(c.acme.issuers[0].directory, LETSENCRYPT_PRODUCTION);
+    assert_eq!(
+        c.acme.challenges,
+        [ChallengeKind::Http01, ChallengeKind::TlsAlpn01]
+    );
+    let c = parse(&format!("[acme]\ndirectory = \"staging\"\nprofile = \"shortlived\"\neab_kid = \"k\"\neab_hmac_key = \"aGVsbG8\"\n{MINIMAL}")).unwrap();
+    let issuer = &c.acme.issuers[0];
+    assert_eq!(issuer.directory, LETSENCRYPT_STAGING);
+    assert_eq!(issuer.profile.as_deref(), Some("shortlived"));
+    assert_eq!(issuer.eab.as_ref().unwrap().hmac_key, b"hello");
+    assert!(
+        !format!("{issuer:?}").contains("hello"),
+        "key material in Debug output"
+    );
+    let two = "[[acme.issuer]]\ndirectory = \"https://a.example/dir\"\n[[acme.issuer]]\ndirectory = \"https://b.example/dir\"\n";
+    let c = parse(&format!("{two}{MINIMAL}")).unwrap();
+    assert_eq!(c.acme.issuers.len(), 2);
+    let i = issues(&format!("[acme]\ndirectory = \"staging\"\n{two}{MINIMAL}"));
+    assert!(i[0].message.contains("not both"), "{i:?}");
+    let i = issues(&format!(
+        "[acme]\ndirectory = \"http://insecure/dir\"\n{MINIMAL}"
+    ));
+    assert!(i[0].message.contains("https://"), "{i:?}");
+    let i = issues(&format!("[acme]\neab_kid = \"k\"\n{MINIMAL}"));
+    assert!(
+        i[0].message.contains("both eab_kid and eab_hmac_key"),
+        "{i:?}"
+    );
+    let i = issues(&format!(
+        "[acme]\neab_kid = \"k\"\neab_hmac_key = \"not base64!\"\n{MINIMAL}"
+    ));
+    assert!(i[0].message.contains("base64url"), "{i:?}");
+}
+
+#[test]
+fn acme_challenges_need_their_listener() {
+    let acme_site = MINIMAL.replace("tls = \"off\"", "tls = \"acme\"");
+    let i = issues(&format!(
+        "[server]\nhttp = \"off\"\n[acme]\nchallenges = [\"http-01\"]\n{acme_site}"
+    ));
+    assert!(i[0].message.contains("needs server.http"), "{i:?}");
+    let i = issues(&format!("[acme]\nchallenges = [\"dns-01\"]\n{acme_site}"));
+    assert!(
+        i[0].message.contains("not a challenge usher answers"),
+        "{i:?}"
+    );
+    let c = parse(&format!("[server]\nhttp = \"off\"\n{acme_site}")).unwrap();
+    assert_eq!(c.acme.challenges, [ChallengeKind::TlsAlpn01]);
+    let i = issues(&format!(
+        "[acme]\nretry_initial = \"1h\"\nretry_max = \"1m\"\n{acme_site}"
+    ));
+    assert!(i[0].message.contains("shorter than"), "{i:?}");
 }
 
 #[test]

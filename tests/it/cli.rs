@@ -63,7 +63,7 @@ client_idle = "forever"
 
 [[site]]
 names = ["a.test"]
-tls = "acme"
+tls = "magic"
 [[site.route]]
 path = "api"
 proxy = ["127.0.0.1"]
@@ -81,7 +81,7 @@ status = 200
     assert_eq!(status.code(), Some(2));
     for expected in [
         format!("{file}:2:15: timeouts.client_idle"),
-        format!("{file}:6:7: site[0].tls: \"acme\" is not available"),
+        format!("{file}:6:7: site[0].tls: \"magic\" is not a TLS mode"),
         format!("{file}:8:8: site[0].route[0].path"),
         format!("{file}:9:10: site[0].route[0].proxy"),
         format!("{file}:12:9: site[1].names: \"a.test\" is already a name of site[0]"),

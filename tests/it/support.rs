@@ -2,6 +2,7 @@
 //! servers, and a client that speaks HTTP/1.1 or HTTP/2, plain or over TLS with real SNI.
 
 pub mod client;
+pub mod pebble;
 pub mod process;
 pub mod server;
 pub mod upstream;

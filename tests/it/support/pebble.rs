@@ -25,6 +25,10 @@ pub struct PebbleOpts {
     pub eab: Vec<(String, String)>,
     /// Names Pebble refuses to issue for.
     pub blocklist: Vec<String>,
+    /// The directory port, when the test must know it before Pebble starts.
+    pub acme_port: Option<u16>,
+    /// A folder with the directory certificate made by [`write_directory_cert`].
+    pub directory_cert_dir: Option<PathBuf>,
 }
 
 /// A running Pebble + challtestsrv pair.
@@ -51,20 +55,28 @@ impl Pebble {
     /// Starts Pebble and its DNS, and waits (bounded) until the directory answers.
     pub async fn start(opts: &PebbleOpts) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
-        let (ca_pem, cert_pem, key_pem) = directory_cert();
-        let directory_ca = dir.path().join("directory-ca.pem");
-        std::fs::write(&directory_ca, ca_pem).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
-        let (acme, mgmt, dns, chall) = (free_port(), free_port(), free_port(), free_port());
-        let eab: Vec<String> = opts.eab.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
+        let cert_dir = opts
+            .directory_cert_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().to_owned());
+        let directory_ca = match &opts.directory_cert_dir {
+            Some(d) => d.join("directory-ca.pem"),
+            None => write_directory_cert(dir.path()),
+        };
+        let acme = opts.acme_port.unwrap_or_else(free_port);
+        let (mgmt, dns, chall) = (free_port(), free_port(), free_port());
+        let eab: Vec<String> = opts
+            .eab
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v:?}"))
+            .collect();
         let block: Vec<String> = opts.blocklist.iter().map(|b| format!("{b:?}")).collect();
         let config = format!(
             r#"{{"pebble": {{
                 "listenAddress": "127.0.0.1:{acme}",
                 "managementListenAddress": "127.0.0.1:{mgmt}",
-                "certificate": "{d}/cert.pem",
-                "privateKey": "{d}/key.pem",
+                "certificate": "{c}/cert.pem",
+                "privateKey": "{c}/key.pem",
                 "httpPort": {http},
                 "tlsPort": {tls},
                 "ocspResponderURL": "",
@@ -73,7 +85,7 @@ impl Pebble {
                 "domainBlocklist": [ {block} ],
                 "certificateValidityPeriod": {validity}
             }}}}"#,
-            d = dir.path().display(),
+            c = cert_dir.display(),
             http = opts.http_port,
             tls = opts.tls_port,
             eab_required = !opts.eab.is_empty(),
@@ -121,7 +133,11 @@ impl Pebble {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "pebble did not start:\n{}", pebble.log());
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start:\n{}",
+                pebble.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         pebble
@@ -130,9 +146,12 @@ impl Pebble {
     /// The root that signs the certificates this Pebble issues (new on every start).
     pub async fn issuer_root(&self) -> String {
         let ca = std::fs::read_to_string(&self.directory_ca).unwrap();
-        let mut c = bounded("pebble management", Client::tls(self.mgmt, "127.0.0.1", &ca, Proto::H1))
-            .await
-            .unwrap();
+        let mut c = bounded(
+            "pebble management",
+            Client::tls(self.mgmt, "127.0.0.1", &ca, Proto::H1),
+        )
+        .await
+        .unwrap();
         let r = c.get("127.0.0.1", "/roots/0").await;
         assert_eq!(r.status, 200, "{}", r.text());
         r.text()
@@ -143,9 +162,9 @@ impl Pebble {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
-    /// How many orders Pebble has been asked for.
+    /// How many new orders Pebble has been asked for (accepted or refused).
     pub fn orders(&self) -> usize {
-        self.log().matches("There are now").count()
+        self.log().matches("POST /order-plz").count()
     }
 
     /// Stops Pebble (the CA goes down); the instance cannot be restarted.
@@ -161,6 +180,16 @@ impl Drop for Pebble {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes Pebble's HTTPS certificate (`cert.pem`, `key.pem`) and its CA
+/// (`directory-ca.pem`, returned) into `dir`.
+pub fn write_directory_cert(dir: &std::path::Path) -> PathBuf {
+    let (ca_pem, cert_pem, key_pem) = directory_cert();
+    std::fs::write(dir.join("directory-ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), key_pem).unwrap();
+    dir.join("directory-ca.pem")
 }
 
 /// A small CA and a leaf for 127.0.0.1 / localhost, for Pebble's own HTTPS (rustls refuses a

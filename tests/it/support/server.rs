@@ -58,6 +58,13 @@ impl TestServer {
 
     /// Starts usher in `dir` with exactly `config` (`{dir}` replaced by the folder).
     pub async fn start_in(dir: &Path, config: &str) -> TestServer {
+        // USHER_TEST_LOG=debug (any tracing filter) shows usher's diagnostics in test output.
+        if let Ok(filter) = std::env::var("USHER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let text = config.replace("{dir}", dir.to_str().unwrap());
         let file = dir.join("proxy.toml");
         std::fs::write(&file, &text).unwrap();
@@ -73,7 +80,8 @@ impl TestServer {
         TestServer {
             http: handle
                 .http_addr
-                .expect("the test config has a plain listener"),
+                // a TLS-only config has no plain listener; its tests never use `http`
+                .unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
             https: handle.https_addr,
             ca_pem,
             root: dir.to_owned(),

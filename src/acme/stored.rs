@@ -1,0 +1,200 @@
+//! ACME state in storage. Keys:
+//! - `acme/accounts/<issuer>.json` (0600): the account credentials for one directory URL;
+//! - `acme/sites/<name>/cert.pem`, `key.pem` (0600), `meta.json`: a site's certificate, keyed
+//!   by its first name. The key is written first and the metadata last; a load checks that
+//!   key and certificate belong together, so a crash between writes is noticed, not served.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::certs::Storage;
+
+/// What `meta.json` records about a stored certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The directory URL of the CA that issued it.
+    pub issuer: String,
+    /// The names it covers, sorted.
+    pub names: Vec<String>,
+    /// Validity, in seconds since the Unix epoch.
+    pub not_before: u64,
+    /// Validity end, in seconds since the Unix epoch.
+    pub not_after: u64,
+    /// When usher plans to renew it, in seconds since the Unix epoch.
+    pub renew_at: u64,
+}
+
+/// A certificate ready to serve, with what is known about it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The chain and key, for the TLS resolver.
+    pub certified: Arc<CertifiedKey>,
+    /// Its metadata.
+    pub meta: Meta,
+}
+
+/// Seconds since the epoch.
+pub fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The time at `secs` seconds since the epoch.
+pub fn time(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn site_key(primary: &str, file: &str) -> String {
+    format!("acme/sites/{primary}/{file}")
+}
+
+/// The storage key of an issuer's account: its directory URL made file-name safe.
+pub fn account_key(directory: &str) -> String {
+    let slug: String = directory
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("acme/accounts/{slug}.json")
+}
+
+/// The validity period of the first certificate of a PEM chain.
+pub fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), String> {
+    let der = CertificateDer::from_pem_slice(chain_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let v = cert.validity();
+    let t = |ts: i64| time(u64::try_from(ts).unwrap_or(0));
+    Ok((t(v.not_before.timestamp()), t(v.not_after.timestamp())))
+}
+
+/// Builds the servable form of a chain and key.
+pub fn certified(
+    chain_pem: &str,
+    key_pem: &str,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| e.to_string())?;
+    ck.keys_match()
+        .map_err(|e| format!("key does not belong to the certificate: {e}"))?;
+    Ok(Arc::new(ck))
+}
+
+/// Loads a site's stored certificate. `None` when there is none; a damaged one is reported
+/// with its path, set aside (renamed, kept for inspection) and treated as absent.
+pub async fn load(
+    storage: &dyn Storage,
+    primary: &str,
+    provider: &CryptoProvider,
+) -> Option<Stored> {
+    let keys = [
+        site_key(primary, "cert.pem"),
+        site_key(primary, "key.pem"),
+        site_key(primary, "meta.json"),
+    ];
+    let mut files = Vec::new();
+    for k in &keys {
+        match storage.load(k).await {
+            Ok(v) => files.push(v),
+            Err(e) => {
+                tracing::error!(path = %storage.describe(k), error = %e, "cannot read a stored certificate file");
+                return None;
+            }
+        }
+    }
+    if files.iter().all(Option::is_none) {
+        return None;
+    }
+    let parsed = (|| {
+        let text = |v: &Option<Vec<u8>>, what: &str| {
+            v.as_ref()
+                .ok_or(format!("{what} is missing"))
+                .and_then(|b| {
+                    String::from_utf8(b.clone()).map_err(|_| format!("{what} is not text"))
+                })
+        };
+        let (chain, key, meta) = (
+            text(&files[0], "cert.pem")?,
+            text(&files[1], "key.pem")?,
+            text(&files[2], "meta.json")?,
+        );
+        let meta: Meta = serde_json::from_str(&meta).map_err(|e| format!("meta.json: {e}"))?;
+        Ok::<_, String>(Stored {
+            certified: certified(&chain, &key, provider)?,
+            meta,
+        })
+    })();
+    match parsed {
+        Ok(s) => Some(s),
+        Err(reason) => {
+            for (k, f) in keys.iter().zip(&files) {
+                if f.is_some() {
+                    match storage.set_aside(k).await {
+                        Ok(to) => {
+                            tracing::error!(path = %storage.describe(k), set_aside = %to, %reason, "stored certificate is damaged; ordering a new one")
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %storage.describe(k), error = %e, %reason, "stored certificate is damaged and could not be set aside")
+                        }
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Stores a new certificate: key, then chain, then metadata, each atomically.
+pub async fn save(
+    storage: &dyn Storage,
+    primary: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    meta: &Meta,
+) -> std::io::Result<()> {
+    storage
+        .store(&site_key(primary, "key.pem"), key_pem.as_bytes(), true)
+        .await?;
+    storage
+        .store(&site_key(primary, "cert.pem"), chain_pem.as_bytes(), false)
+        .await?;
+    let meta = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    storage
+        .store(&site_key(primary, "meta.json"), &meta, false)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_keys_are_file_names() {
+        assert_eq!(
+            account_key("https://acme-v02.api.letsencrypt.org/directory"),
+            "acme/accounts/acme-v02.api.letsencrypt.org_directory.json"
+        );
+        assert_eq!(
+            account_key("https://127.0.0.1:14000/dir"),
+            "acme/accounts/127.0.0.1_14000_dir.json"
+        );
+    }
+}

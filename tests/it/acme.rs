@@ -1,0 +1,215 @@
+//! Automatic HTTPS against a real ACME server (Pebble): issuance over HTTP-01 and over
+//! TLS-ALPN-01, reuse after a restart, a CA that is down at start, a CA that refuses.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::pebble::{free_port, Pebble, PebbleOpts};
+use crate::support::{Client, Proto, TestServer, STEP};
+
+/// usher's config for one ACME site `name` (plus an internal site that must always serve),
+/// pointed at `pebble`, on the ports Pebble validates against.
+fn config(opts: &PebbleOpts, directory: &str, ca: &Path, name: &str, extra_acme: &str) -> String {
+    let http = if opts.http_port == 0 {
+        "off".to_owned()
+    } else {
+        format!("127.0.0.1:{}", opts.http_port)
+    };
+    format!(
+        r#"
+[server]
+http = "{http}"
+https = "127.0.0.1:{tls}"
+access_log = "off"
+grace_period = "60s"
+
+[acme]
+directory = "{directory}"
+ca_roots = ["{ca}"]
+email = "ops@example.com"
+retry_initial = "200ms"
+retry_max = "1s"
+{extra_acme}
+
+[[site]]
+names = ["{name}"]
+tls = "acme"
+[[site.route]]
+path = "/"
+redirect = "/from-acme"
+
+[[site]]
+names = ["local.test"]
+[[site.route]]
+path = "/"
+redirect = "/from-local"
+"#,
+        tls = opts.tls_port,
+        ca = ca.display(),
+    )
+}
+
+/// Waits (bounded) until `name` completes a TLS handshake verified against `root` and answers;
+/// returns the leaf certificate it served.
+async fn served_cert(usher: &TestServer, name: &str, root: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = Client::tls(usher.https(), name, root, Proto::H1).await {
+            let r = c.get(name, "/").await;
+            assert_eq!(r.header("location"), "/from-acme");
+            return c.peer_cert.unwrap().to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} got no certificate in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn opts(http: bool) -> PebbleOpts {
+    PebbleOpts {
+        http_port: if http { free_port() } else { 0 },
+        tls_port: free_port(),
+        ..PebbleOpts::default()
+    }
+}
+
+#[tokio::test]
+async fn issues_over_http01() {
+    let o = opts(true);
+    let pebble = Pebble::start(&o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "http01.test",
+        "challenges = [\"http-01\"]",
+    );
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    // the internal site serves from the first second, whatever ACME is doing
+    let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(
+        local.get("local.test", "/").await.header("location"),
+        "/from-local"
+    );
+    served_cert(&usher, "http01.test", &pebble.issuer_root().await).await;
+    // stored: chain, a private key readable by the owner only, metadata
+    let site = dir.path().join("certs/acme/sites/http01.test");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(site.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["names"][0], "http01.test");
+    assert!(meta["renew_at"].as_u64() < meta["not_after"].as_u64());
+}
+
+#[tokio::test]
+async fn issues_over_tls_alpn01_with_the_plain_listener_off() {
+    let o = opts(false);
+    let pebble = Pebble::start(&o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&o, &pebble.directory, &pebble.directory_ca, "alpn.test", "");
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    served_cert(&usher, "alpn.test", &pebble.issuer_root().await).await;
+}
+
+#[tokio::test]
+async fn a_restart_reuses_the_stored_certificate() {
+    let o = opts(true);
+    let pebble = Pebble::start(&o).await;
+    let root = pebble.issuer_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "reuse.test",
+        "",
+    );
+    let first = TestServer::start_in(dir.path(), &text).await;
+    let cert1 = served_cert(&first, "reuse.test", &root).await;
+    first.stop().await;
+    let orders = pebble.orders();
+    let second = TestServer::start_in(dir.path(), &text).await;
+    let cert2 = served_cert(&second, "reuse.test", &root).await;
+    assert_eq!(cert1, cert2, "a restart must serve the stored certificate");
+    assert_eq!(
+        pebble.orders(),
+        orders,
+        "a restart must not order a new certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_ca_down_at_start_is_retried_until_it_comes_back() {
+    let mut o = opts(true);
+    o.acme_port = Some(free_port());
+    let directory = format!("https://127.0.0.1:{}/dir", o.acme_port.unwrap());
+    // Pebble's directory certificate must exist before Pebble does: make it now.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::pebble::write_directory_cert(ca_dir.path());
+    o.directory_cert_dir = Some(ca_dir.path().to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let usher =
+        TestServer::start_in(dir.path(), &config(&o, &directory, &ca, "later.test", "")).await;
+    // the other site serves while the CA is unreachable
+    let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(
+        local.get("local.test", "/").await.header("location"),
+        "/from-local"
+    );
+    let pebble = Pebble::start(&o).await;
+    served_cert(&usher, "later.test", &pebble.issuer_root().await).await;
+}
+
+#[tokio::test]
+async fn a_refused_order_keeps_the_site_pending_and_other_sites_serving() {
+    let mut o = opts(true);
+    o.blocklist = vec!["blocked.test".into()];
+    let pebble = Pebble::start(&o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "blocked.test",
+        "",
+    );
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    let root = pebble.issuer_root().await;
+    // wait until at least two orders were refused (back-off retries), bounded
+    let deadline = Instant::now() + STEP;
+    while pebble.orders() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no retries seen:\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Client::tls(usher.https(), "blocked.test", &root, Proto::H1)
+        .await
+        .is_err());
+    let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(
+        local.get("local.test", "/").await.header("location"),
+        "/from-local"
+    );
+    assert!(!dir
+        .path()
+        .join("certs/acme/sites/blocked.test/cert.pem")
+        .exists());
+}
