@@ -27,3 +27,30 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
         Err(_) => panic!("{what}: no result within {STEP:?}"),
     }
 }
+
+/// A free port on 127.0.0.1 (TCP and UDP) for a server the test starts later (Pebble's
+/// validator needs usher's ports before usher runs). Drawn from below Linux's default
+/// ephemeral range (32768-60999), so no socket bound to port 0 elsewhere in the suite can be
+/// handed the same port in the meantime, and never the same port twice in one test run.
+pub fn free_port() -> u16 {
+    use std::collections::hash_map::RandomState;
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    for attempt in 0u64..10_000 {
+        let port = 20_000 + (RandomState::new().hash_one(attempt) % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
+}

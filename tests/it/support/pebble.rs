@@ -42,14 +42,7 @@ pub struct Pebble {
     children: Vec<Child>,
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::free_port;
 
 impl Pebble {
     /// Starts Pebble and its DNS, and waits (bounded) until the directory answers.
@@ -126,7 +119,16 @@ impl Pebble {
         let ca = std::fs::read_to_string(&pebble.directory_ca).unwrap();
         let acme_addr: SocketAddr = format!("127.0.0.1:{acme}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut pebble = pebble;
         loop {
+            for child in &mut pebble.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "pebble or challtestsrv exited during startup ({status}):\n{}",
+                        pebble.log()
+                    );
+                }
+            }
             if let Ok(mut c) = Client::tls(acme_addr, "127.0.0.1", &ca, Proto::H1).await {
                 let r = c.get("127.0.0.1", "/dir").await;
                 if r.status == 200 && r.text().contains("newNonce") {

@@ -85,10 +85,9 @@ impl Drop for Upstream {
     }
 }
 
-/// An address on which nothing listens (bound, then released).
+/// An address on which nothing listens (see `free_port`: nothing else gets it).
 pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
 async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>)
