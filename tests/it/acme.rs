@@ -213,3 +213,120 @@ async fn a_refused_order_keeps_the_site_pending_and_other_sites_serving() {
         .join("certs/acme/sites/blocked.test/cert.pem")
         .exists());
 }
+
+/// A certificate close to expiry is renewed in the background: new handshakes get the new one,
+/// a connection opened before keeps working.
+#[tokio::test]
+async fn renews_before_expiry_while_connections_stay_open() {
+    let mut o = opts(true);
+    // 20 s certificates: renewed when half the lifetime remains (under 10 days: half), ~10 s in
+    o.validity_secs = Some(20);
+    let pebble = Pebble::start(&o).await;
+    let root = pebble.issuer_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "renew.test",
+        "",
+    );
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    let first = served_cert(&usher, "renew.test", &root).await;
+    let mut open = Client::tls(usher.https(), "renew.test", &root, Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(open.peer_cert.as_deref(), Some(&first[..]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = served_cert(&usher, "renew.test", &root).await;
+        if now != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewal within 30 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // the connection from before the renewal still works
+    assert_eq!(
+        open.get("renew.test", "/").await.header("location"),
+        "/from-acme"
+    );
+    assert!(pebble.orders() >= 2);
+}
+
+/// When the first issuer keeps failing, the next one issues.
+#[tokio::test]
+async fn falls_back_to_the_second_issuer() {
+    let o = opts(true);
+    let pebble = Pebble::start(&o).await;
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    // the issuers as [[acme.issuer]] tables: the dead one first
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "fallback.test",
+        "",
+    )
+    .replace(&format!("directory = \"{}\"\n", pebble.directory), "");
+    let issuers = format!(
+        "[[acme.issuer]]\ndirectory = \"{dead}\"\n\n[[acme.issuer]]\ndirectory = \"{}\"\n\n",
+        pebble.directory
+    );
+    let text = text.replacen("[[site]]", &format!("{issuers}[[site]]"), 1);
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    served_cert(&usher, "fallback.test", &pebble.issuer_root().await).await;
+    let meta = std::fs::read_to_string(dir.path().join("certs/acme/sites/fallback.test/meta.json"))
+        .unwrap();
+    assert!(meta.contains(&pebble.directory), "{meta}");
+}
+
+/// A CA that requires External Account Binding issues with the configured key, and refuses
+/// an account without one.
+#[tokio::test]
+async fn external_account_binding() {
+    let mut o = opts(true);
+    // base64url of 32 bytes, as a CA hands it out
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    o.eab = vec![("kid-1".into(), key.into())];
+    let pebble = Pebble::start(&o).await;
+    let root = pebble.issuer_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let eab = format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"");
+    let usher = TestServer::start_in(
+        dir.path(),
+        &config(
+            &o,
+            &pebble.directory,
+            &pebble.directory_ca,
+            "eab.test",
+            &eab,
+        ),
+    )
+    .await;
+    served_cert(&usher, "eab.test", &root).await;
+    // without the binding, no account and no certificate
+    let dir2 = tempfile::tempdir().unwrap();
+    let o2 = opts(true);
+    let usher2 = TestServer::start_in(
+        dir2.path(),
+        &config(
+            &o2,
+            &pebble.directory,
+            &pebble.directory_ca,
+            "noeab.test",
+            "",
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + STEP;
+    while pebble.log().matches("POST /sign-me-up").count() < 3 {
+        assert!(Instant::now() < deadline, "no account attempts seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Client::tls(usher2.https(), "noeab.test", &root, Proto::H1)
+        .await
+        .is_err());
+    assert!(!dir2.path().join("certs/acme/accounts").exists());
+}
