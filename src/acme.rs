@@ -6,6 +6,7 @@
 //! being served. When one issuer keeps failing for a site, the next one is tried.
 
 mod challenges;
+pub mod cli;
 mod http;
 pub mod stored;
 pub mod timing;
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::crypto::CryptoProvider;
 use tokio_util::sync::CancellationToken;
@@ -130,18 +131,35 @@ impl AcmeManager {
         wanted.sort();
         let (mut failures, mut issuer) = (0u32, 0usize);
         loop {
-            let wait = match &current {
-                _ if failures > 0 => timing::backoff(
-                    failures,
-                    self.config.retry_initial,
-                    self.config.retry_max,
-                    None,
+            // What to wait for: a retry, a renewal, or (with ARI) a fresh look at the CA's window.
+            let mut replaces = None;
+            let (wait, renew) = match &current {
+                _ if failures > 0 => (
+                    timing::backoff(
+                        failures,
+                        self.config.retry_initial,
+                        self.config.retry_max,
+                        None,
+                    ),
+                    true,
                 ),
-                Some(s) if s.meta.names != wanted => Duration::ZERO,
-                Some(s) => stored::time(s.meta.renew_at)
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default(),
-                None => Duration::ZERO,
+                Some(s) if s.meta.names != wanted => (Duration::ZERO, true),
+                Some(s) => {
+                    let now = SystemTime::now();
+                    let mut at = stored::time(s.meta.renew_at);
+                    let mut recheck = None;
+                    if let Some((ari_at, retry_after, id)) = self.ari(s).await {
+                        at = ari_at;
+                        recheck = Some(retry_after);
+                        replaces = Some(id);
+                    }
+                    let until = at.duration_since(now).unwrap_or_default();
+                    match recheck {
+                        Some(r) if r < until => (r, false),
+                        _ => (until, true),
+                    }
+                }
+                None => (Duration::ZERO, true),
             };
             if !wait.is_zero() {
                 tokio::select! {
@@ -149,9 +167,19 @@ impl AcmeManager {
                     _ = shutdown.cancelled() => return,
                 }
             }
+            if !renew {
+                continue;
+            }
             let issuer_cfg = &self.config.issuers[issuer];
+            // An ARI renewal tells the CA which certificate it replaces (RFC 9773 section 5):
+            // Let's Encrypt exempts such orders from rate limits. Only to the CA that issued it.
+            let replaces = replaces.filter(|_| {
+                current
+                    .as_ref()
+                    .is_some_and(|c| c.meta.issuer == issuer_cfg.directory)
+            });
             let attempt = tokio::select! {
-                r = self.obtain(issuer_cfg, &site.names) => r,
+                r = self.obtain(issuer_cfg, &site.names, replaces) => r,
                 _ = shutdown.cancelled() => return,
             };
             match attempt.and_then(|(chain, key)| self.accept(issuer_cfg, &wanted, chain, key)) {
@@ -170,6 +198,11 @@ impl AcmeManager {
                         renew_at = %humantime::format_rfc3339(stored::time(stored.meta.renew_at)),
                         "certificate obtained"
                     );
+                    let state = stored::State {
+                        next_attempt: Some(stored.meta.renew_at),
+                        ..Default::default()
+                    };
+                    stored::save_state(self.storage.as_ref(), &primary, &state).await;
                     current = Some(stored);
                     failures = 0;
                 }
@@ -189,12 +222,54 @@ impl AcmeManager {
                         serving = if current.is_some() { "the previous certificate" } else { "nothing yet" },
                         "certificate order failed: {e}"
                     );
+                    let state = stored::State {
+                        failures,
+                        last_error: Some(e.to_string()),
+                        next_attempt: Some(stored::secs(SystemTime::now() + next)),
+                    };
+                    stored::save_state(self.storage.as_ref(), &primary, &state).await;
                     if failures % FAILURES_BEFORE_NEXT_ISSUER == 0 && self.config.issuers.len() > 1
                     {
                         issuer = (issuer + 1) % self.config.issuers.len();
                         tracing::warn!(site = %primary, issuer = %self.config.issuers[issuer].directory, "switching to the next issuer");
                     }
                 }
+            }
+        }
+    }
+
+    /// The CA's ACME Renewal Information for a stored certificate, when its issuer offers it:
+    /// when to renew (a random point of the suggested window), when to look again (the CA's
+    /// Retry-After, clamped to 1 min..24 h), and the certificate's identifier for `replaces`.
+    async fn ari(
+        &self,
+        s: &Stored,
+    ) -> Option<(SystemTime, Duration, CertificateIdentifier<'static>)> {
+        let issuer = self
+            .config
+            .issuers
+            .iter()
+            .find(|i| i.directory == s.meta.issuer)?;
+        let id = stored::certificate_id(s.certified.cert.first()?)?;
+        let account = self.account(issuer).await.ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, retry_after)) => {
+                let w = info.suggested_window;
+                let at = timing::ari_pick(
+                    w.start.into(),
+                    w.end.into(),
+                    SystemTime::now(),
+                    timing::random_unit(),
+                );
+                let recheck =
+                    retry_after.clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600));
+                tracing::debug!(site = %s.meta.names[0], renew_at = %humantime::format_rfc3339(at), "ARI renewal window");
+                Some((at, recheck, id))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                tracing::warn!(site = %s.meta.names[0], "ARI lookup failed, using the lifetime rule: {}", describe(&e));
+                None
             }
         }
     }
@@ -267,10 +342,14 @@ impl AcmeManager {
         &self,
         issuer: &Issuer,
         names: &[String],
+        replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<(String, String), AcmeError> {
         let account = self.account(issuer).await?;
         let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut new_order = NewOrder::new(&ids);
+        if let Some(id) = replaces {
+            new_order = new_order.replaces(id);
+        }
         if let Some(p) = &issuer.profile {
             new_order = new_order.profile(p);
         }

@@ -29,6 +29,20 @@ enum Command {
     Run,
     /// Validate the config and exit: 0 if it is usable, 2 with every error if not.
     Check,
+    /// List the ACME-managed sites: issuer, expiry, renewal, next attempt, last error.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Revoke a site's ACME certificate at its CA and remove it from storage.
+    Revoke {
+        /// One of the site's names.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +68,36 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Certs { action } => certs(&config, action),
+    }
+}
+
+fn certs(config: &Config, action: Option<CertsAction>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("usher: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = rt.block_on(async {
+        match action {
+            None => usher::acme::cli::list(config).await,
+            Some(CertsAction::Revoke { name }) => usher::acme::cli::revoke(config, &name).await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("usher certs: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

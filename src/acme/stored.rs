@@ -30,6 +30,60 @@ pub struct Meta {
     pub renew_at: u64,
 }
 
+/// The manager's progress for a site, kept in `state.json` so `usher certs` (another
+/// process, later another machine) can show it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// The last failure, as logged.
+    pub last_error: Option<String>,
+    /// When the next attempt is planned, in seconds since the Unix epoch.
+    pub next_attempt: Option<u64>,
+}
+
+/// Records a site's progress; a failure to write it is logged, never fatal.
+pub async fn save_state(storage: &dyn Storage, primary: &str, state: &State) {
+    let key = site_key(primary, "state.json");
+    let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+    if let Err(e) = storage.store(&key, &bytes, false).await {
+        tracing::warn!(path = %storage.describe(&key), error = %e, "cannot record ACME state");
+    }
+}
+
+/// A site's recorded progress, if any.
+pub async fn load_state(storage: &dyn Storage, primary: &str) -> Option<State> {
+    let bytes = storage
+        .load(&site_key(primary, "state.json"))
+        .await
+        .ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Reads the stored metadata and chain of a site without checking the key (for listing and
+/// revocation, which do not serve it).
+pub async fn load_public(
+    storage: &dyn Storage,
+    primary: &str,
+) -> std::io::Result<Option<(Meta, String)>> {
+    let (Some(meta), Some(chain)) = (
+        storage.load(&site_key(primary, "meta.json")).await?,
+        storage.load(&site_key(primary, "cert.pem")).await?,
+    ) else {
+        return Ok(None);
+    };
+    let meta: Meta = serde_json::from_slice(&meta).map_err(std::io::Error::other)?;
+    Ok(Some((meta, String::from_utf8_lossy(&chain).into_owned())))
+}
+
+/// Removes a site's stored certificate, key, metadata and state.
+pub async fn remove(storage: &dyn Storage, primary: &str) -> std::io::Result<()> {
+    for f in ["cert.pem", "key.pem", "meta.json", "state.json"] {
+        storage.delete(&site_key(primary, f)).await?;
+    }
+    Ok(())
+}
+
 /// A certificate ready to serve, with what is known about it.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -77,6 +131,31 @@ pub fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), String> {
     let v = cert.validity();
     let t = |ts: i64| time(u64::try_from(ts).unwrap_or(0));
     Ok((t(v.not_before.timestamp()), t(v.not_after.timestamp())))
+}
+
+/// The ARI identifier of a certificate (RFC 9773 section 4.1): its Authority Key Identifier
+/// and serial number, as they are encoded in the certificate.
+pub fn certificate_id(
+    cert: &CertificateDer<'_>,
+) -> Option<instant_acme::CertificateIdentifier<'static>> {
+    use x509_parser::extensions::ParsedExtension;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let aki = parsed
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })?;
+    let serial = parsed.tbs_certificate.raw_serial().to_vec();
+    Some(
+        instant_acme::CertificateIdentifier::new(
+            rustls_pki_types::Der::from_slice(&aki),
+            rustls_pki_types::Der::from_slice(&serial),
+        )
+        .into_owned(),
+    )
 }
 
 /// Builds the servable form of a chain and key.
@@ -185,6 +264,31 @@ pub async fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ari_identifier_of_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::certs::FileStorage::open(dir.path()).unwrap();
+        let ca = crate::certs::LocalCa::load_or_create(&storage)
+            .await
+            .unwrap();
+        let leaf = ca
+            .issue(&["a.test".into()], &crate::tls::provider())
+            .unwrap();
+        let id = certificate_id(&leaf.cert[0]).expect("the local CA's leaves carry an AKI");
+        // base64url, no padding, joined by a dot when sent
+        let text = id.to_string();
+        let (aki, serial) = text.split_once('.').unwrap();
+        assert!(!aki.is_empty() && !serial.is_empty());
+        assert!(!text.contains('=') && !text.contains('+') && !text.contains('/'));
+        // a certificate without an AKI has no identifier
+        let key = rcgen::KeyPair::generate().unwrap();
+        let bare = rcgen::CertificateParams::new(vec!["b.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(certificate_id(bare.der()).is_none());
+    }
 
     #[test]
     fn account_keys_are_file_names() {

@@ -21,6 +21,8 @@ pub trait Storage: Send + Sync + Debug {
     /// Moves a damaged value out of the way (kept for inspection, never silently overwritten)
     /// and returns where it went.
     fn set_aside<'a>(&'a self, key: &'a str) -> StorageFuture<'a, String>;
+    /// Removes the value under `key`; removing what is not there is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()>;
     /// A human-readable location of `key`, for error messages and the startup log.
     fn describe(&self, key: &str) -> String;
 }
@@ -42,6 +44,13 @@ impl FileStorage {
         Ok(FileStorage {
             root: root.to_owned(),
         })
+    }
+
+    /// Uses `root` as it is, for reading (no folder is created, nothing is checked).
+    pub fn at(root: &Path) -> FileStorage {
+        FileStorage {
+            root: root.to_owned(),
+        }
     }
 
     /// The folder.
@@ -121,6 +130,15 @@ impl Storage for FileStorage {
             aside.push(format!(".corrupt-{secs}"));
             tokio::fs::rename(&path, &aside).await?;
             Ok(PathBuf::from(aside).display().to_string())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StorageFuture<'a, ()> {
+        Box::pin(async move {
+            match tokio::fs::remove_file(self.path(key)?).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
     }
 

@@ -330,3 +330,110 @@ async fn external_account_binding() {
         .is_err());
     assert!(!dir2.path().join("certs/acme/accounts").exists());
 }
+
+async fn usher_cli(
+    args: Vec<String>,
+    cwd: std::path::PathBuf,
+) -> (std::process::ExitStatus, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::process::run(&args, &cwd)
+    })
+    .await
+    .unwrap()
+}
+
+/// `usher certs` lists what the manager holds; `usher certs revoke NAME` revokes at the CA and
+/// removes the stored certificate.
+#[tokio::test]
+async fn certs_command_lists_and_revokes() {
+    let o = opts(true);
+    let pebble = Pebble::start(&o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "listed.test",
+        "",
+    );
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    served_cert(&usher, "listed.test", &pebble.issuer_root().await).await;
+    usher.stop().await;
+    let cfg = dir.path().join("proxy.toml").display().to_string();
+    let (status, out, err) = usher_cli(
+        vec!["certs".into(), "--config".into(), cfg.clone()],
+        dir.path().into(),
+    )
+    .await;
+    assert!(status.success(), "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("listed.test"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(&pebble.directory), "{row}");
+    assert!(out.starts_with("NAMES"), "{out}");
+    let (status, out, err) = usher_cli(
+        vec![
+            "certs".into(),
+            "revoke".into(),
+            "listed.test".into(),
+            "--config".into(),
+            cfg.clone(),
+        ],
+        dir.path().into(),
+    )
+    .await;
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        pebble.log().contains("POST /revoke-cert"),
+        "{}",
+        pebble.log()
+    );
+    assert!(!dir
+        .path()
+        .join("certs/acme/sites/listed.test/cert.pem")
+        .exists());
+    let (_, out, _) = usher_cli(
+        vec!["certs".into(), "--config".into(), cfg],
+        dir.path().into(),
+    )
+    .await;
+    assert!(out.contains("(none yet)"), "{out}");
+}
+
+/// A site whose orders fail shows its last error and next attempt in `usher certs`.
+#[tokio::test]
+async fn certs_command_shows_the_last_error() {
+    let mut o = opts(true);
+    o.blocklist = vec!["refused.test".into()];
+    let pebble = Pebble::start(&o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "refused.test",
+        "",
+    );
+    let _usher = TestServer::start_in(dir.path(), &text).await;
+    let state = dir.path().join("certs/acme/sites/refused.test/state.json");
+    let deadline = Instant::now() + STEP;
+    while !state.exists() {
+        assert!(Instant::now() < deadline, "no state recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cfg = dir.path().join("proxy.toml").display().to_string();
+    let (status, out, _) =
+        usher_cli(vec!["certs".into(), "-c".into(), cfg], dir.path().into()).await;
+    assert!(status.success());
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("refused.test"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("(none yet)"), "{row}");
+    assert!(
+        row.contains("CA problem urn:ietf:params:acme:error:rejectedIdentifier"),
+        "{row}"
+    );
+}
