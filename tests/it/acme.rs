@@ -437,3 +437,105 @@ async fn certs_command_shows_the_last_error() {
         "{row}"
     );
 }
+
+/// A damaged stored certificate is reported, set aside (kept, renamed) and replaced by a new
+/// order; nothing is silently overwritten.
+#[tokio::test]
+async fn a_damaged_stored_certificate_is_set_aside_and_reordered() {
+    let o = opts(true);
+    let pebble = Pebble::start(&o).await;
+    let root = pebble.issuer_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &o,
+        &pebble.directory,
+        &pebble.directory_ca,
+        "damaged.test",
+        "",
+    );
+    let first = TestServer::start_in(dir.path(), &text).await;
+    served_cert(&first, "damaged.test", &root).await;
+    first.stop().await;
+    let site = dir.path().join("certs/acme/sites/damaged.test");
+    std::fs::write(
+        site.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    let second = TestServer::start_in(dir.path(), &text).await;
+    served_cert(&second, "damaged.test", &root).await;
+    let aside: Vec<String> = std::fs::read_dir(&site)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".corrupt-"))
+        .collect();
+    assert!(
+        aside.iter().any(|n| n.starts_with("cert.pem.corrupt-")),
+        "{aside:?}"
+    );
+    let kept = aside.iter().find(|n| n.starts_with("cert.pem")).unwrap();
+    assert!(std::fs::read_to_string(site.join(kept))
+        .unwrap()
+        .contains("garbage"));
+}
+
+/// A directory URL that is not an ACME directory is an error that is retried, not a crash;
+/// other sites serve meanwhile.
+#[tokio::test]
+async fn a_url_that_is_not_an_acme_directory_is_retried() {
+    let o = opts(true);
+    // an HTTPS server that is not an ACME CA: usher's own TLS listener on another instance
+    let other = TestServer::start(
+        "[[site]]\nnames = [\"127.0.0.1\"]\ndefault = true\n[[site.route]]\npath = \"/\"\nredirect = \"/nope\"\n",
+    )
+    .await;
+    let ca = other.path("certs/local-ca/root.crt");
+    let not_acme = format!("https://127.0.0.1:{}/dir", other.https().port());
+    let dir = tempfile::tempdir().unwrap();
+    let usher =
+        TestServer::start_in(dir.path(), &config(&o, &not_acme, &ca, "notacme.test", "")).await;
+    let state = dir.path().join("certs/acme/sites/notacme.test/state.json");
+    let deadline = Instant::now() + STEP;
+    loop {
+        let failures = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["failures"].as_u64())
+            .unwrap_or(0);
+        if failures >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retries recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    assert_eq!(
+        local.get("local.test", "/").await.header("location"),
+        "/from-local"
+    );
+}
+
+/// A certs folder usher cannot write is a startup error naming it.
+#[tokio::test]
+async fn an_unwritable_certs_folder_is_a_startup_error() {
+    // A path below a regular file cannot be created, even by root (CI runs as root, which
+    // file modes would not stop).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), "x").unwrap();
+    let o = opts(true);
+    let text = config(
+        &o,
+        "https://127.0.0.1:1/dir",
+        Path::new("/dev/null"),
+        "x.test",
+        "",
+    )
+    .replace("ca_roots = [\"/dev/null\"]", "ca_roots = []")
+    .replace("[server]", "[server]\ncerts_dir = \"not-a-dir/certs\"");
+    std::fs::write(dir.path().join("proxy.toml"), text).unwrap();
+    let config = usher::Config::load(&dir.path().join("proxy.toml")).unwrap();
+    let err = usher::start(config).await.err().expect("must not start");
+    assert!(err.to_string().contains("not-a-dir/certs"), "{err}");
+}
