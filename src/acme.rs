@@ -129,20 +129,13 @@ impl AcmeManager {
         let primary = site.names[0].clone();
         let mut wanted = site.names.clone();
         wanted.sort();
+        let mut retry_wait = Duration::ZERO;
         let (mut failures, mut issuer) = (0u32, 0usize);
         loop {
             // What to wait for: a retry, a renewal, or (with ARI) a fresh look at the CA's window.
             let mut replaces = None;
             let (wait, renew) = match &current {
-                _ if failures > 0 => (
-                    timing::backoff(
-                        failures,
-                        self.config.retry_initial,
-                        self.config.retry_max,
-                        None,
-                    ),
-                    true,
-                ),
+                _ if failures > 0 => (retry_wait, true),
                 Some(s) if s.meta.names != wanted => (Duration::ZERO, true),
                 Some(s) => {
                     let now = SystemTime::now();
@@ -212,8 +205,9 @@ impl AcmeManager {
                         failures,
                         self.config.retry_initial,
                         self.config.retry_max,
-                        None,
+                        self.http.take_retry_after(),
                     );
+                    retry_wait = next;
                     tracing::error!(
                         site = %primary,
                         issuer = %issuer_cfg.directory,

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, Request, Response, Uri};
@@ -25,6 +25,9 @@ const STEP: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct AcmeHttp {
     tls: tokio_rustls::TlsConnector,
+    /// The latest Retry-After the CA sent with a 429 or 503 (instant-acme's errors do not
+    /// carry it): the manager's back-off honours it.
+    retry_after: Arc<std::sync::Mutex<Option<SystemTime>>>,
 }
 
 impl AcmeHttp {
@@ -50,7 +53,18 @@ impl AcmeHttp {
             .with_no_client_auth();
         Ok(AcmeHttp {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            retry_after: Arc::default(),
         })
+    }
+
+    /// How long the CA asked to wait, if it did since the last call.
+    pub fn take_retry_after(&self) -> Option<Duration> {
+        let at = self
+            .retry_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some(at.duration_since(SystemTime::now()).unwrap_or_default())
     }
 }
 
@@ -64,6 +78,7 @@ fn timed_out(what: &'static str) -> Error {
 
 async fn send(
     tls: tokio_rustls::TlsConnector,
+    retry_after: Arc<std::sync::Mutex<Option<SystemTime>>>,
     req: Request<BodyWrapper<Bytes>>,
 ) -> Result<BytesResponse, Error> {
     let uri = req.uri().clone();
@@ -111,6 +126,15 @@ async fn send(
         .map_err(|_| timed_out("response"))?
         .map_err(other)?;
     let (parts, body) = resp.into_parts();
+    if matches!(parts.status.as_u16(), 429 | 503) {
+        if let Some(at) = parts
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| retry_at(v.to_str().ok()?))
+        {
+            *retry_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        }
+    }
     let body = tokio::time::timeout(STEP, body.collect())
         .await
         .map_err(|_| timed_out("response body"))?
@@ -127,6 +151,32 @@ impl HttpClient for AcmeHttp {
         &self,
         req: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, Error>> + Send>> {
-        Box::pin(send(self.tls.clone(), req))
+        Box::pin(send(self.tls.clone(), self.retry_after.clone(), req))
+    }
+}
+
+/// A Retry-After value (RFC 9110 section 10.2.3): delay seconds or an HTTP-date.
+fn retry_at(v: &str) -> Option<SystemTime> {
+    match v.trim().parse::<u64>() {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v.trim()).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let soon = retry_at("120").unwrap();
+        let d = soon.duration_since(SystemTime::now()).unwrap();
+        assert!(d > Duration::from_secs(118) && d <= Duration::from_secs(120));
+        let date = retry_at("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(
+            date,
+            httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap()
+        );
+        assert!(retry_at("soon").is_none());
     }
 }
