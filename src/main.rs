@@ -73,15 +73,9 @@ fn main() -> ExitCode {
 }
 
 fn certs(config: &Config, action: Option<CertsAction>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("usher: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         match action {
@@ -102,15 +96,9 @@ fn certs(config: &Config, action: Option<CertsAction>) -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("usher: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let signal = match usher::signals::shutdown_signal() {
@@ -145,5 +133,14 @@ fn run(config: Config) -> ExitCode {
         handle.wait().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
+    })
+}
+
+/// Builds a runtime, or says why not and gives the exit code.
+fn runtime(builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = builder;
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("usher: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_RUNTIME)
     })
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::pebble::{free_port, Pebble, PebbleOpts};
-use crate::support::{Client, Proto, TestServer, STEP};
+use crate::support::{eventually, Client, Proto, TestServer};
 
 /// usher's config for one ACME site `name` (plus an internal site that must always serve),
 /// pointed at `pebble`, on the ports Pebble validates against.
@@ -189,15 +189,7 @@ async fn a_refused_order_keeps_the_site_pending_and_other_sites_serving() {
     let usher = TestServer::start_in(dir.path(), &text).await;
     let root = pebble.issuer_root().await;
     // wait until at least two orders were refused (back-off retries), bounded
-    let deadline = Instant::now() + STEP;
-    while pebble.orders() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no retries seen:\n{}",
-            pebble.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("two refused orders", || pebble.orders() >= 2).await;
     assert!(Client::tls(usher.https(), "blocked.test", &root, Proto::H1)
         .await
         .is_err());
@@ -320,11 +312,10 @@ async fn external_account_binding() {
         ),
     )
     .await;
-    let deadline = Instant::now() + STEP;
-    while pebble.log().matches("POST /sign-me-up").count() < 3 {
-        assert!(Instant::now() < deadline, "no account attempts seen");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("three refused accounts", || {
+        pebble.log().matches("POST /sign-me-up").count() >= 3
+    })
+    .await;
     assert!(Client::tls(usher2.https(), "noeab.test", &root, Proto::H1)
         .await
         .is_err());
@@ -418,11 +409,7 @@ async fn certs_command_shows_the_last_error() {
     );
     let _usher = TestServer::start_in(dir.path(), &text).await;
     let state = dir.path().join("certs/acme/sites/refused.test/state.json");
-    let deadline = Instant::now() + STEP;
-    while !state.exists() {
-        assert!(Instant::now() < deadline, "no state recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("state recorded", || state.exists()).await;
     let cfg = dir.path().join("proxy.toml").display().to_string();
     let (status, out, _) =
         usher_cli(vec!["certs".into(), "-c".into(), cfg], dir.path().into()).await;
@@ -495,19 +482,14 @@ async fn a_url_that_is_not_an_acme_directory_is_retried() {
     let usher =
         TestServer::start_in(dir.path(), &config(&o, &not_acme, &ca, "notacme.test", "")).await;
     let state = dir.path().join("certs/acme/sites/notacme.test/state.json");
-    let deadline = Instant::now() + STEP;
-    loop {
-        let failures = std::fs::read(&state)
+    eventually("two recorded failures", || {
+        std::fs::read(&state)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v["failures"].as_u64())
-            .unwrap_or(0);
-        if failures >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no retries recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .is_some_and(|f| f >= 2)
+    })
+    .await;
     let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
         .await
         .unwrap();

@@ -28,6 +28,19 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Polls `cond` every 50 ms until it holds, failing the test with `what` after [`STEP`]: for
+/// behaviour that happens in the background (a retry, a log line), never as a fixed sleep.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free port on 127.0.0.1 (TCP and UDP) for a server the test starts later (Pebble's
 /// validator needs usher's ports before usher runs). Drawn from below Linux's default
 /// ephemeral range (32768-60999), so no socket bound to port 0 elsewhere in the suite can be
