@@ -521,3 +521,42 @@ async fn an_unwritable_certs_folder_is_a_startup_error() {
     let err = usher::start(config).await.err().expect("must not start");
     assert!(err.to_string().contains("not-a-dir/certs"), "{err}");
 }
+
+/// The CA rejecting a renewal leaves the current certificate serving and its files untouched.
+#[tokio::test]
+async fn a_rejected_renewal_keeps_the_old_certificate() {
+    let mut o = opts(true);
+    o.acme_port = Some(free_port());
+    // 12 s certificates: renewal due about 6 s after issuance
+    o.validity_secs = Some(12);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::pebble::write_directory_cert(ca_dir.path());
+    o.directory_cert_dir = Some(ca_dir.path().to_owned());
+    let mut first_ca = Pebble::start(&o).await;
+    let root = first_ca.issuer_root().await;
+    let dir = tempfile::tempdir().unwrap();
+    let usher = TestServer::start_in(
+        dir.path(),
+        &config(&o, &first_ca.directory, &ca, "keep.test", ""),
+    )
+    .await;
+    let cert = served_cert(&usher, "keep.test", &root).await;
+    let stored = std::fs::read(dir.path().join("certs/acme/sites/keep.test/cert.pem")).unwrap();
+    // The same directory URL now answers with a CA that knows no account and refuses the name.
+    first_ca.stop();
+    let mut o2 = o.clone();
+    o2.blocklist = vec!["keep.test".into()];
+    let second_ca = Pebble::start(&o2).await;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while second_ca.orders() + second_ca.log().matches("POST /sign-me-up").count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no renewal attempt reached the CA"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the failed renewal changed nothing: same certificate served, same file stored
+    assert_eq!(served_cert(&usher, "keep.test", &root).await, cert);
+    let after = std::fs::read(dir.path().join("certs/acme/sites/keep.test/cert.pem")).unwrap();
+    assert_eq!(after, stored);
+}
