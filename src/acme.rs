@@ -47,6 +47,14 @@ pub enum AcmeError {
     Storage(#[from] std::io::Error),
 }
 
+impl AcmeError {
+    /// The CA says the account does not exist (RFC 8555 section 7.3.1).
+    fn is_unknown_account(&self) -> bool {
+        matches!(self, AcmeError::Protocol(instant_acme::Error::Api(p))
+            if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")))
+    }
+}
+
 /// The CA's problem document (type and detail) when there is one.
 fn describe(e: &instant_acme::Error) -> String {
     match e {
@@ -102,7 +110,13 @@ impl AcmeManager {
 
     /// Installs every stored certificate that is still valid (so those sites serve from the
     /// first second), then starts one background loop per site.
-    pub async fn start(self: &Arc<Self>, sites: Vec<ManagedSite>, shutdown: CancellationToken) {
+    /// The loops run on `tasks`, so a shutdown can wait for a certificate being saved.
+    pub async fn start(
+        self: &Arc<Self>,
+        sites: Vec<ManagedSite>,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
         for site in sites {
             let mut current =
                 stored::load(self.storage.as_ref(), &site.names[0], &self.provider).await;
@@ -116,7 +130,7 @@ impl AcmeManager {
                     tracing::info!(site = %site.names[0], not_after = %humantime::format_rfc3339(stored::time(s.meta.not_after)), "using the stored certificate");
                 }
             }
-            tokio::spawn(self.clone().site_loop(site, current, shutdown.clone()));
+            tasks.spawn(self.clone().site_loop(site, current, shutdown.clone()));
         }
     }
 
@@ -129,7 +143,7 @@ impl AcmeManager {
         let primary = site.names[0].clone();
         let mut wanted = site.names.clone();
         wanted.sort();
-        let mut retry_wait = Duration::ZERO;
+        let (mut retry_wait, mut floor) = (Duration::ZERO, Duration::ZERO);
         let (mut failures, mut issuer) = (0u32, 0usize);
         loop {
             // What to wait for: a retry, a renewal, or (with ARI) a fresh look at the CA's window.
@@ -146,7 +160,10 @@ impl AcmeManager {
                         recheck = Some(retry_after);
                         replaces = Some(id);
                     }
-                    let until = at.duration_since(now).unwrap_or_default();
+                    let until = at
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .max(std::mem::take(&mut floor));
                     match recheck {
                         Some(r) if r < until => (r, false),
                         _ => (until, true),
@@ -198,14 +215,19 @@ impl AcmeManager {
                     stored::save_state(self.storage.as_ref(), &primary, &state).await;
                     current = Some(stored);
                     failures = 0;
+                    // Never order again straight away, whatever a clock or an ARI window says.
+                    floor = self.config.retry_initial;
                 }
                 Err(e) => {
                     failures += 1;
+                    if e.is_unknown_account() {
+                        self.forget_account(issuer_cfg).await;
+                    }
                     let next = timing::backoff(
                         failures,
                         self.config.retry_initial,
                         self.config.retry_max,
-                        self.http.take_retry_after(),
+                        self.http.retry_after_for(&issuer_cfg.directory),
                     );
                     retry_wait = next;
                     tracing::error!(
@@ -298,13 +320,19 @@ impl AcmeManager {
         }
         let key = stored::account_key(&issuer.directory);
         let builder = || Account::builder_with_http(Box::new(self.http.clone()));
-        let account = match self.storage.load(&key).await? {
-            Some(bytes) => {
-                let creds: AccountCredentials = serde_json::from_slice(&bytes).map_err(|e| {
-                    AcmeError::Order(format!("{}: {e}", self.storage.describe(&key)))
-                })?;
-                builder().from_credentials(creds).await?
-            }
+        let creds = match self.storage.load(&key).await? {
+            Some(bytes) => match serde_json::from_slice::<AccountCredentials>(&bytes) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.set_aside_account(&key, &format!("not account credentials: {e}"))
+                        .await;
+                    None
+                }
+            },
+            None => None,
+        };
+        let account = match creds {
+            Some(creds) => builder().from_credentials(creds).await?,
             None => {
                 let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -329,6 +357,29 @@ impl AcmeManager {
         };
         accounts.insert(issuer.directory.clone(), account.clone());
         Ok(account)
+    }
+
+    /// Moves an account file out of the way (kept, renamed) so a new account is created.
+    async fn set_aside_account(&self, key: &str, reason: &str) {
+        match self.storage.set_aside(key).await {
+            Ok(to) => {
+                tracing::error!(path = %self.storage.describe(key), set_aside = %to, %reason, "ACME account set aside; a new one will be created")
+            }
+            Err(e) => {
+                tracing::error!(path = %self.storage.describe(key), error = %e, %reason, "ACME account unusable and could not be set aside")
+            }
+        }
+    }
+
+    /// After the CA said the account does not exist (its database was reset, or it was
+    /// deactivated): forget it, so the next attempt creates a new one.
+    async fn forget_account(&self, issuer: &Issuer) {
+        self.accounts.lock().await.remove(&issuer.directory);
+        self.set_aside_account(
+            &stored::account_key(&issuer.directory),
+            "the CA no longer knows it",
+        )
+        .await;
     }
 
     /// One order: returns the chain and private key (PEM).

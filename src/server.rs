@@ -275,6 +275,31 @@ pub async fn start_with_log(
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
     });
+    // Stored ACME certificates are installed before the listeners accept, so those sites
+    // serve from the first handshake.
+    let acme_tasks = TaskTracker::new();
+    let acme_sites: Vec<ManagedSite> = config
+        .sites
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.tls == TlsMode::Acme)
+        .map(|(site, s)| ManagedSite {
+            site,
+            names: s.names.clone(),
+        })
+        .collect();
+    if let (Some(storage), false) = (storage, acme_sites.is_empty()) {
+        let manager = AcmeManager::new(
+            config.acme.clone(),
+            storage,
+            challenges.clone(),
+            site_certs.clone(),
+            provider.clone(),
+        )?;
+        manager
+            .start(acme_sites, shutdown.clone(), &acme_tasks)
+            .await;
+    }
     let tracker = TaskTracker::new();
     let mut accepting = Vec::new();
     for (listener, is_tls) in [(http, false), (https, true)] {
@@ -296,26 +321,6 @@ pub async fn start_with_log(
             shutdown.clone(),
         ));
     }
-    let acme_sites: Vec<ManagedSite> = config
-        .sites
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.tls == TlsMode::Acme)
-        .map(|(site, s)| ManagedSite {
-            site,
-            names: s.names.clone(),
-        })
-        .collect();
-    if let (Some(storage), false) = (storage, acme_sites.is_empty()) {
-        let manager = AcmeManager::new(
-            config.acme.clone(),
-            storage,
-            challenges.clone(),
-            site_certs.clone(),
-            provider,
-        )?;
-        manager.start(acme_sites, shutdown.clone()).await;
-    }
     let grace = config.grace_period;
     let done = tokio::spawn(async move {
         shared.drain.cancelled().await;
@@ -325,11 +330,14 @@ pub async fn start_with_log(
         }
         tracing::info!(connections = tracker.len(), "listeners closed; draining");
         tracker.close();
+        // ACME loops stop at once, except one saving a new certificate, which finishes it.
+        acme_tasks.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
             shared.hard_stop.cancel();
             tracker.wait().await;
         }
+        let _ = tokio::time::timeout(grace, acme_tasks.wait()).await;
     });
     Ok(ServerHandle {
         http_addr,

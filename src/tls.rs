@@ -114,8 +114,10 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // Only a handshake that offers acme-tls/1 alone is a CA validating TLS-ALPN-01; one
+        // that also offers h2 or http/1.1 gets the site's certificate.
         if let Some(mut alpn) = hello.alpn() {
-            if alpn.any(|p| p == ACME_TLS_ALPN) {
+            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
                 return self.challenges.tls_answer(hello.server_name()?);
             }
         }

@@ -18,6 +18,8 @@ use rustls::pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+type RetryAfter = Arc<std::sync::Mutex<std::collections::HashMap<String, SystemTime>>>;
+
 /// Longest wait for any one step of a request to the CA.
 const STEP: Duration = Duration::from_secs(30);
 
@@ -25,9 +27,10 @@ const STEP: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct AcmeHttp {
     tls: tokio_rustls::TlsConnector,
-    /// The latest Retry-After the CA sent with a 429 or 503 (instant-acme's errors do not
-    /// carry it): the manager's back-off honours it.
-    retry_after: Arc<std::sync::Mutex<Option<SystemTime>>>,
+    /// Per CA (host:port), the time before which it asked not to be contacted again, from
+    /// Retry-After on a 429 or 503 (instant-acme's errors do not carry it). Every site's
+    /// back-off honours it.
+    retry_after: RetryAfter,
 }
 
 impl AcmeHttp {
@@ -57,14 +60,20 @@ impl AcmeHttp {
         })
     }
 
-    /// How long the CA asked to wait, if it did since the last call.
-    pub fn take_retry_after(&self) -> Option<Duration> {
-        let at = self
-            .retry_after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    /// How much longer the CA behind `directory` asked not to be contacted, if it did.
+    pub fn retry_after_for(&self, directory: &str) -> Option<Duration> {
+        let authority = directory
+            .parse::<Uri>()
+            .ok()?
+            .authority()?
+            .as_str()
+            .to_owned();
+        let map = self.retry_after.lock().unwrap_or_else(|e| e.into_inner());
+        let left = map
+            .get(&authority)?
+            .duration_since(SystemTime::now())
+            .ok()?;
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -78,7 +87,7 @@ fn timed_out(what: &'static str) -> Error {
 
 async fn send(
     tls: tokio_rustls::TlsConnector,
-    retry_after: Arc<std::sync::Mutex<Option<SystemTime>>>,
+    retry_after: RetryAfter,
     req: Request<BodyWrapper<Bytes>>,
 ) -> Result<BytesResponse, Error> {
     let uri = req.uri().clone();
@@ -132,7 +141,10 @@ async fn send(
             .get(header::RETRY_AFTER)
             .and_then(|v| retry_at(v.to_str().ok()?))
         {
-            *retry_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+            retry_after
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(authority.clone(), at);
         }
     }
     let body = tokio::time::timeout(STEP, body.collect())
@@ -166,6 +178,27 @@ fn retry_at(v: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_kept_per_ca() {
+        let http = AcmeHttp::new(&[]).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(600);
+        http.retry_after
+            .lock()
+            .unwrap()
+            .insert("ca.example:443".into(), later);
+        let left = http.retry_after_for("https://ca.example:443/dir").unwrap();
+        assert!(left > Duration::from_secs(590));
+        // every site asking about that CA sees it; another CA does not
+        assert!(http.retry_after_for("https://ca.example:443/dir").is_some());
+        assert!(http.retry_after_for("https://other.example/dir").is_none());
+        // a time in the past is no wait
+        http.retry_after
+            .lock()
+            .unwrap()
+            .insert("old.example".into(), SystemTime::UNIX_EPOCH);
+        assert!(http.retry_after_for("https://old.example/dir").is_none());
+    }
 
     #[test]
     fn retry_after_forms() {

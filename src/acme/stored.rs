@@ -1,8 +1,11 @@
 //! ACME state in storage. Keys:
 //! - `acme/accounts/<issuer>.json` (0600): the account credentials for one directory URL;
-//! - `acme/sites/<name>/cert.pem`, `key.pem` (0600), `meta.json`: a site's certificate, keyed
-//!   by its first name. The key is written first and the metadata last; a load checks that
-//!   key and certificate belong together, so a crash between writes is noticed, not served.
+//! - `acme/sites/<name>/<version>/cert.pem`, `key.pem` (0600), `meta.json`: one issued
+//!   certificate of a site, keyed by the site's first name;
+//! - `acme/sites/<name>/current`: which version is in use. A new certificate is written in
+//!   full under a new version first, then `current` is switched with one atomic write, then
+//!   the old version is removed: a crash at any point leaves one complete, matching set.
+//! - `acme/sites/<name>/state.json`: the manager's progress (failures, last error, next try).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,9 +69,12 @@ pub async fn load_public(
     storage: &dyn Storage,
     primary: &str,
 ) -> std::io::Result<Option<(Meta, String)>> {
+    let Some(v) = current_version(storage, primary).await? else {
+        return Ok(None);
+    };
     let (Some(meta), Some(chain)) = (
-        storage.load(&site_key(primary, "meta.json")).await?,
-        storage.load(&site_key(primary, "cert.pem")).await?,
+        storage.load(&version_key(primary, &v, "meta.json")).await?,
+        storage.load(&version_key(primary, &v, "cert.pem")).await?,
     ) else {
         return Ok(None);
     };
@@ -78,10 +84,13 @@ pub async fn load_public(
 
 /// Removes a site's stored certificate, key, metadata and state.
 pub async fn remove(storage: &dyn Storage, primary: &str) -> std::io::Result<()> {
-    for f in ["cert.pem", "key.pem", "meta.json", "state.json"] {
-        storage.delete(&site_key(primary, f)).await?;
+    if let Some(v) = current_version(storage, primary).await? {
+        storage.delete(&site_key(primary, "current")).await?;
+        for f in FILES {
+            storage.delete(&version_key(primary, &v, f)).await?;
+        }
     }
-    Ok(())
+    storage.delete(&site_key(primary, "state.json")).await
 }
 
 /// A certificate ready to serve, with what is known about it.
@@ -106,6 +115,22 @@ pub fn time(secs: u64) -> SystemTime {
 
 fn site_key(primary: &str, file: &str) -> String {
     format!("acme/sites/{primary}/{file}")
+}
+
+const FILES: [&str; 3] = ["cert.pem", "key.pem", "meta.json"];
+
+/// The version `current` points at; `None` when there is none (or it is not a version name).
+async fn current_version(storage: &dyn Storage, primary: &str) -> std::io::Result<Option<String>> {
+    let Some(v) = storage.load(&site_key(primary, "current")).await? else {
+        return Ok(None);
+    };
+    let v = String::from_utf8_lossy(&v).trim().to_owned();
+    let valid = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    Ok(valid.then_some(v))
+}
+
+fn version_key(primary: &str, version: &str, file: &str) -> String {
+    format!("acme/sites/{primary}/{version}/{file}")
 }
 
 /// The storage key of an issuer's account: its directory URL made file-name safe.
@@ -184,11 +209,15 @@ pub async fn load(
     primary: &str,
     provider: &CryptoProvider,
 ) -> Option<Stored> {
-    let keys = [
-        site_key(primary, "cert.pem"),
-        site_key(primary, "key.pem"),
-        site_key(primary, "meta.json"),
-    ];
+    let version = match current_version(storage, primary).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(path = %storage.describe(&site_key(primary, "current")), error = %e, "cannot read the stored certificate pointer");
+            return None;
+        }
+    };
+    let keys = FILES.map(|f| version_key(primary, &version, f));
     let mut files = Vec::new();
     for k in &keys {
         match storage.load(k).await {
@@ -241,7 +270,8 @@ pub async fn load(
     }
 }
 
-/// Stores a new certificate: key, then chain, then metadata, each atomically.
+/// Stores a new certificate as a new version, switches `current` to it, then removes the
+/// version it replaces (see the module docs for why a crash can never mix two sets).
 pub async fn save(
     storage: &dyn Storage,
     primary: &str,
@@ -249,16 +279,41 @@ pub async fn save(
     key_pem: &str,
     meta: &Meta,
 ) -> std::io::Result<()> {
-    storage
-        .store(&site_key(primary, "key.pem"), key_pem.as_bytes(), true)
-        .await?;
-    storage
-        .store(&site_key(primary, "cert.pem"), chain_pem.as_bytes(), false)
-        .await?;
+    let old = current_version(storage, primary).await.ok().flatten();
+    let version = format!(
+        "{}-{:06x}",
+        secs(SystemTime::now()),
+        (super::timing::random_unit() * f64::from(0xff_ffff)) as u32
+    );
     let meta = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
     storage
-        .store(&site_key(primary, "meta.json"), &meta, false)
-        .await
+        .store(
+            &version_key(primary, &version, "key.pem"),
+            key_pem.as_bytes(),
+            true,
+        )
+        .await?;
+    storage
+        .store(
+            &version_key(primary, &version, "cert.pem"),
+            chain_pem.as_bytes(),
+            false,
+        )
+        .await?;
+    storage
+        .store(&version_key(primary, &version, "meta.json"), &meta, false)
+        .await?;
+    storage
+        .store(&site_key(primary, "current"), version.as_bytes(), false)
+        .await?;
+    if let Some(old) = old.filter(|o| *o != version) {
+        for f in FILES {
+            if let Err(e) = storage.delete(&version_key(primary, &old, f)).await {
+                tracing::warn!(path = %storage.describe(&version_key(primary, &old, f)), error = %e, "cannot remove a replaced certificate file");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -67,6 +67,13 @@ async fn served_cert(usher: &TestServer, name: &str, root: &str) -> Vec<u8> {
     }
 }
 
+/// The folder of the certificate version a site's `current` pointer names.
+fn current_dir(dir: &Path, site: &str) -> std::path::PathBuf {
+    let sites = dir.join("certs/acme/sites").join(site);
+    let version = std::fs::read_to_string(sites.join("current")).unwrap();
+    sites.join(version.trim())
+}
+
 fn opts(http: bool) -> PebbleOpts {
     PebbleOpts {
         http_port: if http { free_port() } else { 0 },
@@ -98,7 +105,7 @@ async fn issues_over_http01() {
     );
     served_cert(&usher, "http01.test", &pebble.issuer_root().await).await;
     // stored: chain, a private key readable by the owner only, metadata
-    let site = dir.path().join("certs/acme/sites/http01.test");
+    let site = current_dir(dir.path(), "http01.test");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(site.join("key.pem"))
         .unwrap()
@@ -140,7 +147,13 @@ async fn a_restart_reuses_the_stored_certificate() {
     first.stop().await;
     let orders = pebble.orders();
     let second = TestServer::start_in(dir.path(), &text).await;
-    let cert2 = served_cert(&second, "reuse.test", &root).await;
+    // the very first handshake after the restart already gets it: no waiting
+    let c = Client::tls(second.https(), "reuse.test", &root, Proto::H1).await;
+    let cert2 = c
+        .expect("the stored certificate is served from the start")
+        .peer_cert
+        .unwrap()
+        .to_vec();
     assert_eq!(cert1, cert2, "a restart must serve the stored certificate");
     assert_eq!(
         pebble.orders(),
@@ -202,7 +215,7 @@ async fn a_refused_order_keeps_the_site_pending_and_other_sites_serving() {
     );
     assert!(!dir
         .path()
-        .join("certs/acme/sites/blocked.test/cert.pem")
+        .join("certs/acme/sites/blocked.test/current")
         .exists());
 }
 
@@ -269,7 +282,7 @@ async fn falls_back_to_the_second_issuer() {
     let text = text.replacen("[[site]]", &format!("{issuers}[[site]]"), 1);
     let usher = TestServer::start_in(dir.path(), &text).await;
     served_cert(&usher, "fallback.test", &pebble.issuer_root().await).await;
-    let meta = std::fs::read_to_string(dir.path().join("certs/acme/sites/fallback.test/meta.json"))
+    let meta = std::fs::read_to_string(current_dir(dir.path(), "fallback.test").join("meta.json"))
         .unwrap();
     assert!(meta.contains(&pebble.directory), "{meta}");
 }
@@ -383,7 +396,7 @@ async fn certs_command_lists_and_revokes() {
     );
     assert!(!dir
         .path()
-        .join("certs/acme/sites/listed.test/cert.pem")
+        .join("certs/acme/sites/listed.test/current")
         .exists());
     let (_, out, _) = usher_cli(
         vec!["certs".into(), "--config".into(), cfg],
@@ -443,7 +456,7 @@ async fn a_damaged_stored_certificate_is_set_aside_and_reordered() {
     let first = TestServer::start_in(dir.path(), &text).await;
     served_cert(&first, "damaged.test", &root).await;
     first.stop().await;
-    let site = dir.path().join("certs/acme/sites/damaged.test");
+    let site = current_dir(dir.path(), "damaged.test");
     std::fs::write(
         site.join("cert.pem"),
         "-----BEGIN CERTIFICATE-----\ngarbage\n",
@@ -541,7 +554,7 @@ async fn a_rejected_renewal_keeps_the_old_certificate() {
     )
     .await;
     let cert = served_cert(&usher, "keep.test", &root).await;
-    let stored = std::fs::read(dir.path().join("certs/acme/sites/keep.test/cert.pem")).unwrap();
+    let stored = std::fs::read(current_dir(dir.path(), "keep.test").join("cert.pem")).unwrap();
     // The same directory URL now answers with a CA that knows no account and refuses the name.
     first_ca.stop();
     let mut o2 = o.clone();
@@ -555,8 +568,25 @@ async fn a_rejected_renewal_keeps_the_old_certificate() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The new CA does not know the stored account: usher sets it aside and makes a new one.
+    eventually("a new account at the new CA", || {
+        second_ca.log().contains("POST /sign-me-up")
+    })
+    .await;
+    let accounts = dir.path().join("certs/acme/accounts");
+    let aside = std::fs::read_dir(&accounts)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1, "the unknown account was not set aside");
     // the failed renewal changed nothing: same certificate served, same file stored
     assert_eq!(served_cert(&usher, "keep.test", &root).await, cert);
-    let after = std::fs::read(dir.path().join("certs/acme/sites/keep.test/cert.pem")).unwrap();
+    let after = std::fs::read(current_dir(dir.path(), "keep.test").join("cert.pem")).unwrap();
     assert_eq!(after, stored);
 }
