@@ -74,6 +74,20 @@ fn current_dir(dir: &Path, site: &str) -> std::path::PathBuf {
     sites.join(version.trim())
 }
 
+/// Pebble started with `o`, and usher in a fresh folder with one ACME site `name` pointed at
+/// it: the start of most tests here.
+async fn scene(
+    o: &PebbleOpts,
+    name: &str,
+    extra: &str,
+) -> (Pebble, tempfile::TempDir, String, TestServer) {
+    let pebble = Pebble::start(o).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(o, &pebble.directory, &pebble.directory_ca, name, extra);
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    (pebble, dir, text, usher)
+}
+
 fn opts(http: bool) -> PebbleOpts {
     PebbleOpts {
         http_port: if http { free_port() } else { 0 },
@@ -85,16 +99,7 @@ fn opts(http: bool) -> PebbleOpts {
 #[tokio::test]
 async fn issues_over_http01() {
     let o = opts(true);
-    let pebble = Pebble::start(&o).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "http01.test",
-        "challenges = [\"http-01\"]",
-    );
-    let usher = TestServer::start_in(dir.path(), &text).await;
+    let (pebble, dir, _, usher) = scene(&o, "http01.test", "challenges = [\"http-01\"]").await;
     // the internal site serves from the first second, whatever ACME is doing
     let mut local = Client::tls(usher.https(), "local.test", usher.ca(), Proto::H1)
         .await
@@ -122,27 +127,15 @@ async fn issues_over_http01() {
 #[tokio::test]
 async fn issues_over_tls_alpn01_with_the_plain_listener_off() {
     let o = opts(false);
-    let pebble = Pebble::start(&o).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(&o, &pebble.directory, &pebble.directory_ca, "alpn.test", "");
-    let usher = TestServer::start_in(dir.path(), &text).await;
+    let (pebble, _dir, _, usher) = scene(&o, "alpn.test", "").await;
     served_cert(&usher, "alpn.test", &pebble.issuer_root().await).await;
 }
 
 #[tokio::test]
 async fn a_restart_reuses_the_stored_certificate() {
     let o = opts(true);
-    let pebble = Pebble::start(&o).await;
+    let (pebble, dir, text, first) = scene(&o, "reuse.test", "").await;
     let root = pebble.issuer_root().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "reuse.test",
-        "",
-    );
-    let first = TestServer::start_in(dir.path(), &text).await;
     let cert1 = served_cert(&first, "reuse.test", &root).await;
     first.stop().await;
     let orders = pebble.orders();
@@ -190,16 +183,7 @@ async fn a_ca_down_at_start_is_retried_until_it_comes_back() {
 async fn a_refused_order_keeps_the_site_pending_and_other_sites_serving() {
     let mut o = opts(true);
     o.blocklist = vec!["blocked.test".into()];
-    let pebble = Pebble::start(&o).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "blocked.test",
-        "",
-    );
-    let usher = TestServer::start_in(dir.path(), &text).await;
+    let (pebble, dir, _, usher) = scene(&o, "blocked.test", "").await;
     let root = pebble.issuer_root().await;
     // wait until at least two orders were refused (back-off retries), bounded
     eventually("two refused orders", || pebble.orders() >= 2).await;
@@ -226,17 +210,8 @@ async fn renews_before_expiry_while_connections_stay_open() {
     let mut o = opts(true);
     // 20 s certificates: renewed when half the lifetime remains (under 10 days: half), ~10 s in
     o.validity_secs = Some(20);
-    let pebble = Pebble::start(&o).await;
+    let (pebble, _dir, _, usher) = scene(&o, "renew.test", "").await;
     let root = pebble.issuer_root().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "renew.test",
-        "",
-    );
-    let usher = TestServer::start_in(dir.path(), &text).await;
     let first = served_cert(&usher, "renew.test", &root).await;
     let mut open = Client::tls(usher.https(), "renew.test", &root, Proto::H1)
         .await
@@ -352,16 +327,7 @@ async fn usher_cli(
 #[tokio::test]
 async fn certs_command_lists_and_revokes() {
     let o = opts(true);
-    let pebble = Pebble::start(&o).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "listed.test",
-        "",
-    );
-    let usher = TestServer::start_in(dir.path(), &text).await;
+    let (pebble, dir, _, usher) = scene(&o, "listed.test", "").await;
     served_cert(&usher, "listed.test", &pebble.issuer_root().await).await;
     usher.stop().await;
     let cfg = dir.path().join("proxy.toml").display().to_string();
@@ -411,16 +377,7 @@ async fn certs_command_lists_and_revokes() {
 async fn certs_command_shows_the_last_error() {
     let mut o = opts(true);
     o.blocklist = vec!["refused.test".into()];
-    let pebble = Pebble::start(&o).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "refused.test",
-        "",
-    );
-    let _usher = TestServer::start_in(dir.path(), &text).await;
+    let (_pebble, dir, _, _usher) = scene(&o, "refused.test", "").await;
     let state = dir.path().join("certs/acme/sites/refused.test/state.json");
     eventually("state recorded", || state.exists()).await;
     let cfg = dir.path().join("proxy.toml").display().to_string();
@@ -443,17 +400,8 @@ async fn certs_command_shows_the_last_error() {
 #[tokio::test]
 async fn a_damaged_stored_certificate_is_set_aside_and_reordered() {
     let o = opts(true);
-    let pebble = Pebble::start(&o).await;
+    let (pebble, dir, text, first) = scene(&o, "damaged.test", "").await;
     let root = pebble.issuer_root().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        &o,
-        &pebble.directory,
-        &pebble.directory_ca,
-        "damaged.test",
-        "",
-    );
-    let first = TestServer::start_in(dir.path(), &text).await;
     served_cert(&first, "damaged.test", &root).await;
     first.stop().await;
     let site = current_dir(dir.path(), "damaged.test");
