@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
-use crate::upstream::PooledConn;
+use crate::upstream::{InFlight, PooledConn};
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -88,6 +88,8 @@ impl HttpBody for Body {
 pub struct UpstreamBody {
     body: Incoming,
     conn: Option<PooledConn>,
+    /// Counts the request on its member until the body is done or dropped.
+    _in_flight: InFlight,
     read_timeout: Duration,
     /// Created on the first read that has to wait, so bodies that arrive whole cost no timer.
     stall: Option<Pin<Box<Sleep>>>,
@@ -95,10 +97,16 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     /// Wraps an upstream body and the connection it arrives on.
-    pub fn new(body: Incoming, conn: PooledConn, read_timeout: Duration) -> UpstreamBody {
+    pub fn new(
+        body: Incoming,
+        conn: PooledConn,
+        read_timeout: Duration,
+        in_flight: InFlight,
+    ) -> UpstreamBody {
         UpstreamBody {
             body,
             conn: Some(conn),
+            _in_flight: in_flight,
             read_timeout,
             stall: None,
         }

@@ -8,6 +8,7 @@ mod acme;
 mod check;
 mod raw;
 mod units;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub struct Config {
     pub acme: Acme,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+    /// Named upstream pools.
+    pub upstreams: std::collections::BTreeMap<String, UpstreamPool>,
 }
 
 /// Access log format.
@@ -205,10 +208,54 @@ pub struct Route {
 pub enum Action {
     /// Serve files from a folder.
     Static(StaticRoute),
-    /// Forward to upstream members, round robin.
-    Proxy(Vec<UpstreamAddr>),
+    /// Forward to an upstream pool.
+    Proxy(ProxyTarget),
     /// Answer with a redirect; `{uri}` in `to` is replaced by the request's path and query.
     Redirect { status: StatusCode, to: String },
+}
+
+/// Where a proxy route forwards.
+#[derive(Debug, Clone)]
+pub enum ProxyTarget {
+    /// A named `[upstream.NAME]` pool (shared by every route that names it).
+    Pool(String),
+    /// Addresses listed in the route itself, balanced round robin.
+    Inline(UpstreamPool),
+}
+
+/// An upstream pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamPool {
+    /// Its members, in file order.
+    pub members: Vec<PoolMember>,
+    /// How a member is chosen.
+    pub balance: Balance,
+}
+
+/// A pool member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMember {
+    /// Where it listens.
+    pub addr: UpstreamAddr,
+    /// Its share of the traffic relative to the others (1..=1000).
+    pub weight: u32,
+}
+
+/// Balancing policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn, by weight.
+    RoundRobin,
+    /// The less busy of two random members (by in-flight requests per weight).
+    LeastRequests,
+    /// The cheaper of two random members by peak-EWMA latency times load (the default).
+    PeakEwma,
+    /// Consistent hashing on the client address.
+    IpHash,
+    /// Consistent hashing on a request header.
+    HeaderHash(http::HeaderName),
+    /// Consistent hashing on a cookie.
+    Cookie(String),
 }
 
 /// A static route's settings.
@@ -261,6 +308,7 @@ impl Config {
             text,
             base: path.parent().map(Path::to_owned).unwrap_or_default(),
             issues: Vec::new(),
+            pool_names: Vec::new(),
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,

@@ -183,7 +183,7 @@ async fn forward(
     parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
     parts.version = Version::HTTP_11;
     let sent = pool
-        .send(Request::from_parts(parts, body))
+        .send(Request::from_parts(parts, body), conn.peer.ip())
         .await
         .map_err(|(e, upstream)| {
             tail.upstream = Some(upstream);
@@ -195,7 +195,7 @@ async fn forward(
     Ok(Response::from_parts(
         parts,
         Body::Upstream {
-            body: UpstreamBody::new(body, sent.conn, pool.read_timeout()),
+            body: UpstreamBody::new(body, sent.conn, pool.read_timeout(), sent.in_flight),
         },
     ))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::config::{Action, Config, TlsMode};
+use crate::config::{Action, Config, ProxyTarget, TlsMode};
 use crate::error::ProxyError;
 use crate::static_files::StaticFiles;
 use crate::upstream::Pool;
@@ -66,6 +66,12 @@ impl Routes {
             wildcard: HashMap::new(),
             default: None,
         };
+        // One runtime pool per named pool, shared by every route that names it.
+        let named: HashMap<&str, Arc<Pool>> = config
+            .upstreams
+            .iter()
+            .map(|(name, p)| (name.as_str(), Arc::new(Pool::new(p, &config.timeouts))))
+            .collect();
         for (id, site) in config.sites.iter().enumerate() {
             for name in &site.names {
                 match name.strip_prefix("*.") {
@@ -80,8 +86,14 @@ impl Routes {
             for r in &site.routes {
                 let action = match &r.action {
                     Action::Static(s) => RouteAction::Static(StaticFiles::new(s)?),
-                    Action::Proxy(addrs) => {
-                        RouteAction::Proxy(Arc::new(Pool::new(addrs, &config.timeouts)))
+                    Action::Proxy(ProxyTarget::Pool(name)) => match named.get(name.as_str()) {
+                        Some(pool) => RouteAction::Proxy(pool.clone()),
+                        None => {
+                            return Err(std::io::Error::other(format!("unknown upstream {name:?}")))
+                        }
+                    },
+                    Action::Proxy(ProxyTarget::Inline(pool)) => {
+                        RouteAction::Proxy(Arc::new(Pool::new(pool, &config.timeouts)))
                     }
                     Action::Redirect { status, to } => RouteAction::Redirect {
                         status: *status,

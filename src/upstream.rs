@@ -1,8 +1,10 @@
-//! Upstream pools: members, round-robin choice, and a keep-alive connection pool per member built
+//! Upstream pools: members, the balancing policy (`upstream/balance.rs`), and a keep-alive
+//! connection pool per member built
 //! on `hyper::client::conn::http1`, so later work can add per-member caps, a queue, idle
 //! timeouts learned from `Keep-Alive`, and replay on a dead pooled connection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +14,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::config::{Timeouts, UpstreamAddr};
+use crate::config::{Timeouts, UpstreamAddr, UpstreamPool};
 use crate::error::ProxyError;
+
+mod balance;
+
+use balance::{Balancer, Key, Load};
 
 /// The request body type sent upstream.
 pub type ReqBody = Incoming;
@@ -31,7 +37,8 @@ const MAX_IDLE_PER_MEMBER: usize = 256;
 #[derive(Debug)]
 pub struct Pool {
     members: Vec<Arc<Member>>,
-    next: AtomicUsize,
+    weights: Vec<u32>,
+    balancer: Balancer,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -44,6 +51,25 @@ pub struct Member {
     /// `addr` as text, shared with every access-log line that names it.
     label: Arc<str>,
     idle: Mutex<Vec<IdleConn>>,
+    load: Load,
+}
+
+/// Counts a request as in flight on its member until dropped (when the response body is done
+/// or abandoned, or the attempt failed).
+#[derive(Debug)]
+pub struct InFlight(Arc<Member>);
+
+impl InFlight {
+    fn new(member: &Arc<Member>) -> InFlight {
+        member.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(member.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -85,6 +111,8 @@ pub struct Sent {
     pub conn: PooledConn,
     /// Which member answered.
     pub upstream: Arc<str>,
+    /// Keeps the request counted on its member until the body is done.
+    pub in_flight: InFlight,
 }
 
 impl Pool {
@@ -94,29 +122,55 @@ impl Pool {
     }
 
     /// A pool over `addrs` with the configured timeouts.
-    pub fn new(addrs: &[UpstreamAddr], timeouts: &Timeouts) -> Pool {
+    pub fn new(pool: &UpstreamPool, timeouts: &Timeouts) -> Pool {
+        let weights: Vec<u32> = pool.members.iter().map(|m| m.weight).collect();
+        let labels: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
         Pool {
-            members: addrs
+            members: pool
+                .members
                 .iter()
-                .map(|a| {
+                .zip(&labels)
+                .map(|(m, label)| {
                     Arc::new(Member {
-                        addr: a.clone(),
-                        label: a.to_string().into(),
+                        addr: m.addr.clone(),
+                        label: label.as_str().into(),
                         idle: Mutex::new(Vec::new()),
+                        load: Load::default(),
                     })
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(&pool.balance, &weights, &labels),
+            weights,
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: timeouts.upstream_idle,
         }
     }
 
-    /// Sends `req` to the next member (round robin) and waits for its response head.
-    pub async fn send(&self, req: Request<ReqBody>) -> Result<Sent, (ProxyError, Arc<str>)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+    /// Sends `req` to the member the pool's policy picks and waits for its response head.
+    pub async fn send(
+        &self,
+        req: Request<ReqBody>,
+        client: IpAddr,
+    ) -> Result<Sent, (ProxyError, Arc<str>)> {
+        let i = if self.members.len() == 1 {
+            0
+        } else {
+            // at most a handful of members: a small stack-free Vec is fine, once per request
+            let loads: Vec<&Load> = self.members.iter().map(|m| &m.load).collect();
+            self.balancer.pick(
+                &self.weights,
+                &loads,
+                &Key {
+                    client,
+                    headers: req.headers(),
+                },
+            )
+        };
         let member = &self.members[i];
+        tracing::debug!(upstream = %member.label, "member chosen");
+        let in_flight = InFlight::new(member);
+        let started = Instant::now();
         let fail = |e| (e, member.label.clone());
         let mut conn = match self.checkout(member).await {
             Some(c) => c,
@@ -135,10 +189,12 @@ impl Pool {
                     source,
                 })
             })?;
+        member.load.observe(started.elapsed());
         Ok(Sent {
             response,
             conn,
             upstream: member.label.clone(),
+            in_flight,
         })
     }
 

@@ -19,6 +19,8 @@ pub(super) struct Checker<'a> {
     pub(super) text: &'a str,
     pub(super) base: PathBuf,
     pub(super) issues: Vec<ConfigIssue>,
+    /// Names of the `[upstream.NAME]` pools, for routes that refer to them.
+    pub(super) pool_names: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -152,6 +154,7 @@ impl Checker<'_> {
             ),
         };
         let limits = self.limits(&raw.limits);
+        let upstreams = self.upstreams(&raw.upstreams);
         if raw.sites.is_empty() {
             self.issue(
                 None,
@@ -190,6 +193,7 @@ impl Checker<'_> {
             access_log,
             grace_period,
             acme,
+            upstreams,
             timeouts,
             limits,
             sites,
@@ -463,18 +467,8 @@ impl Checker<'_> {
                 index,
                 fallback,
             })
-        } else if let Some(list) = &r.proxy {
-            if list.get_ref().is_empty() {
-                self.issue(Some(list.span()), format!("{key}.proxy"), "empty; list at least one upstream like \"127.0.0.1:8000\" or \"unix:/run/app.sock\"".into());
-            }
-            let mut addrs = Vec::new();
-            for a in list.get_ref() {
-                match parse_upstream(a.get_ref()) {
-                    Ok(addr) => addrs.push(self.resolve_unix(addr)),
-                    Err(msg) => self.issue(Some(a.span()), format!("{key}.proxy"), msg),
-                }
-            }
-            Action::Proxy(addrs)
+        } else if let Some(proxy) = &r.proxy {
+            Action::Proxy(self.proxy_target(key, proxy))
         } else {
             let to = r
                 .redirect
@@ -530,7 +524,7 @@ impl Checker<'_> {
         }
     }
 
-    fn resolve_unix(&self, addr: UpstreamAddr) -> UpstreamAddr {
+    pub(super) fn resolve_unix(&self, addr: UpstreamAddr) -> UpstreamAddr {
         match addr {
             UpstreamAddr::Unix(p) => UpstreamAddr::Unix(self.base.join(p)),
             tcp => tcp,

@@ -20,6 +20,42 @@ pub struct RawConfig {
     pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: std::collections::BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+/// A route's `proxy`: a pool name, or an inline list of addresses.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawProxy {
+    Pool(String),
+    List(Vec<String>),
+}
+
+/// `[upstream.NAME]`: a named pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub members: S<Vec<Spanned<RawMember>>>,
+    pub balance: S<String>,
+    pub hash_header: S<String>,
+    pub hash_cookie: S<String>,
+}
+
+/// A pool member: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMember {
+    Addr(String),
+    Weighted(RawWeighted),
+}
+
+/// The table form of a member.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeighted {
+    pub addr: String,
+    pub weight: Option<i64>,
 }
 
 /// `[server]`: listeners, storage and logging.
@@ -77,7 +113,7 @@ pub struct RawRoute {
     pub static_root: S<String>,
     pub index: S<String>,
     pub fallback: S<String>,
-    pub proxy: S<Vec<Spanned<String>>>,
+    pub proxy: S<RawProxy>,
     pub redirect: S<String>,
     pub status: S<i64>,
 }

@@ -36,13 +36,23 @@ fn defaults_are_applied() {
     assert_eq!(site.tls, TlsMode::Off);
     assert!(!site.routes[0].strip_prefix);
     match &site.routes[0].action {
-        Action::Proxy(a) => assert_eq!(
-            a,
-            &[UpstreamAddr::Tcp {
-                host: "127.0.0.1".into(),
-                port: 8000
-            }]
-        ),
+        Action::Proxy(ProxyTarget::Inline(p)) => {
+            assert_eq!(
+                p.balance,
+                Balance::RoundRobin,
+                "inline lists are round robin"
+            );
+            assert_eq!(
+                p.members,
+                [PoolMember {
+                    addr: UpstreamAddr::Tcp {
+                        host: "127.0.0.1".into(),
+                        port: 8000
+                    },
+                    weight: 1
+                }]
+            )
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -55,7 +65,12 @@ fn defaults_are_applied() {
 fn relative_paths_resolve_against_the_config_folder() {
     let c = parse(&MINIMAL.replace("127.0.0.1:8000", "unix:run/app.sock")).unwrap();
     match &c.sites[0].routes[0].action {
-        Action::Proxy(a) => assert_eq!(a[0], UpstreamAddr::Unix("/etc/usher/run/app.sock".into())),
+        Action::Proxy(ProxyTarget::Inline(p)) => {
+            assert_eq!(
+                p.members[0].addr,
+                UpstreamAddr::Unix("/etc/usher/run/app.sock".into())
+            )
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -379,4 +394,82 @@ fn redirect_targets_and_fallback_files_are_checked() {
         "{base}static = \"{root}\"\nfallback = \"app.html\""
     ))
     .is_ok());
+}
+
+#[test]
+fn named_upstream_pools() {
+    let site = MINIMAL.replace("proxy = [\"127.0.0.1:8000\"]", "proxy = \"app\"");
+    let c = parse(&format!(
+        "[upstream.app]\nmembers = [\"127.0.0.1:8001\", {{ addr = \"127.0.0.1:8002\", weight = 3 }}]\n{site}"
+    ))
+    .unwrap();
+    let app = &c.upstreams["app"];
+    assert_eq!(app.balance, Balance::PeakEwma, "the default policy");
+    assert_eq!(
+        app.members.iter().map(|m| m.weight).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert!(
+        matches!(&c.sites[0].routes[0].action, Action::Proxy(ProxyTarget::Pool(n)) if n == "app")
+    );
+    let c = parse(&format!(
+        "[upstream.app]\nmembers = [\"a:1\"]\nbalance = \"cookie\"\nhash_cookie = \"sid\"\n{site}"
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams["app"].balance, Balance::Cookie("sid".into()));
+}
+
+#[test]
+fn upstream_pool_mistakes_name_the_key() {
+    let site = MINIMAL.replace("proxy = [\"127.0.0.1:8000\"]", "proxy = \"app\"");
+    let cases = [
+        (
+            "[upstream.app]\nmembers = []\n",
+            "upstream.app.members",
+            "empty",
+        ),
+        (
+            "[upstream.ap]\nmembers = [\"a:1\"]\n",
+            "site[0].route[0].proxy",
+            "unknown upstream \"app\" (defined: \"ap\")",
+        ),
+        (
+            "[upstream.app]\nmembers = [\"a:1\", \"a:1\"]\n",
+            "upstream.app.members",
+            "listed twice",
+        ),
+        (
+            "[upstream.app]\nmembers = [{ addr = \"a:1\", weight = 0 }]\n",
+            "upstream.app.members",
+            "outside 1..1000",
+        ),
+        (
+            "[upstream.app]\nmembers = [\"a:1\"]\nbalance = \"fastest\"\n",
+            "upstream.app.balance",
+            "not a policy",
+        ),
+        (
+            "[upstream.app]\nmembers = [\"a:1\"]\nbalance = \"header_hash\"\n",
+            "upstream.app.hash_header",
+            "needs hash_header",
+        ),
+        (
+            "[upstream.app]\nmembers = [\"a:1\"]\nhash_cookie = \"sid\"\n",
+            "upstream.app.hash_cookie",
+            "only applies",
+        ),
+        (
+            "",
+            "site[0].route[0].proxy",
+            "unknown upstream \"app\" (defined: none",
+        ),
+    ];
+    for (pool, key, msg) in cases {
+        let i = issues(&format!("{pool}{site}"));
+        assert!(
+            i.iter()
+                .any(|i| i.key == key && i.message.contains(msg) && i.line_col.is_some()),
+            "{pool}: {i:?}"
+        );
+    }
 }

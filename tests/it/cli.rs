@@ -83,7 +83,7 @@ status = 200
         format!("{file}:2:15: timeouts.client_idle"),
         format!("{file}:6:7: site[0].tls: \"magic\" is not a TLS mode"),
         format!("{file}:8:8: site[0].route[0].path"),
-        format!("{file}:9:10: site[0].route[0].proxy"),
+        format!("{file}:9:9: site[0].route[0].proxy"),
         format!("{file}:12:9: site[1].names: \"a.test\" is already a name of site[0]"),
         format!("{file}:17:10: site[1].route[0].status: 200 is not a redirect status"),
     ] {

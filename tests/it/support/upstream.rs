@@ -44,13 +44,18 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 impl Upstream {
     /// Starts on an ephemeral loopback port.
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_slow(name, Duration::ZERO).await
+    }
+
+    /// Starts on an ephemeral loopback port, taking `delay` before every answer.
+    pub async fn start_slow(name: &str, delay: Duration) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (name, log) = (Arc::<str>::from(name), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(TokioIo::new(tcp), name.clone(), log.clone()));
+                tokio::spawn(serve(TokioIo::new(tcp), name.clone(), log.clone(), delay));
             }
         });
         Upstream { addr, seen, task }
@@ -63,7 +68,12 @@ impl Upstream {
         let (name, log) = (Arc::<str>::from(name), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve(TokioIo::new(s), name.clone(), log.clone()));
+                tokio::spawn(serve(
+                    TokioIo::new(s),
+                    name.clone(),
+                    log.clone(),
+                    Duration::ZERO,
+                ));
             }
         });
         Upstream {
@@ -90,13 +100,18 @@ pub fn closed_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
-async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>)
+async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, delay: Duration)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req: Request<Incoming>| {
         let (name, seen) = (name.clone(), seen.clone());
-        async move { Ok::<_, Infallible>(answer(req, &name, &seen).await) }
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(answer(req, &name, &seen).await)
+        }
     });
     let _ = http1::Builder::new().serve_connection(io, svc).await;
 }

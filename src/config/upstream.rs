@@ -1,0 +1,196 @@
+//! `[upstream.NAME]` pools and the `proxy` key of routes.
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use super::check::Checker;
+use super::raw::{RawMember, RawProxy, RawUpstream};
+use super::{parse_upstream, Balance, PoolMember, ProxyTarget, UpstreamPool};
+
+/// Allowed `balance` values, for error messages.
+const POLICIES: &str =
+    "\"round_robin\", \"least_requests\", \"peak_ewma\", \"ip_hash\", \"header_hash\", \"cookie\"";
+
+impl Checker<'_> {
+    pub(super) fn upstreams(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<RawUpstream>>,
+    ) -> BTreeMap<String, UpstreamPool> {
+        self.pool_names = raw.keys().cloned().collect();
+        raw.iter()
+            .map(|(name, u)| (name.clone(), self.pool(&format!("upstream.{name}"), u)))
+            .collect()
+    }
+
+    fn pool(&mut self, key: &str, raw: &Spanned<RawUpstream>) -> UpstreamPool {
+        let span = raw.span();
+        let u = raw.get_ref();
+        let mut members: Vec<PoolMember> = Vec::new();
+        match &u.members {
+            None => self.issue(
+                Some(span.clone()),
+                format!("{key}.members"),
+                "missing; list the pool's addresses, like members = [\"127.0.0.1:8000\"]".into(),
+            ),
+            Some(list) if list.get_ref().is_empty() => self.issue(
+                Some(list.span()),
+                format!("{key}.members"),
+                "empty; a pool needs at least one member".into(),
+            ),
+            Some(list) => {
+                for m in list.get_ref() {
+                    let (addr, weight) = match m.get_ref() {
+                        RawMember::Addr(a) => (a.as_str(), 1),
+                        RawMember::Weighted(w) => (w.addr.as_str(), w.weight.unwrap_or(1)),
+                    };
+                    let weight = match u32::try_from(weight) {
+                        Ok(w) if (1..=1000).contains(&w) => w,
+                        _ => {
+                            self.issue(
+                                Some(m.span()),
+                                format!("{key}.members"),
+                                format!("weight {weight} of {addr:?} is outside 1..1000"),
+                            );
+                            1
+                        }
+                    };
+                    match parse_upstream(addr) {
+                        Ok(a) => {
+                            let addr = self.resolve_unix(a);
+                            if members.iter().any(|o| o.addr == addr) {
+                                self.issue(
+                                    Some(m.span()),
+                                    format!("{key}.members"),
+                                    format!("{addr} is listed twice; give it a weight instead"),
+                                );
+                            } else {
+                                members.push(PoolMember { addr, weight });
+                            }
+                        }
+                        Err(msg) => self.issue(Some(m.span()), format!("{key}.members"), msg),
+                    }
+                }
+            }
+        }
+        let only_for =
+            |this: &mut Self, v: &Option<Spanned<String>>, name: &str, policy: &str, ok: bool| {
+                if let (Some(v), false) = (v, ok) {
+                    this.issue(
+                        Some(v.span()),
+                        format!("{key}.{name}"),
+                        format!("{name} only applies to balance = {policy:?}"),
+                    );
+                }
+            };
+        let policy = u.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span()));
+        let policy_name = policy.as_ref().map_or("peak_ewma", |p| p.0);
+        only_for(
+            self,
+            &u.hash_header,
+            "hash_header",
+            "header_hash",
+            policy_name == "header_hash",
+        );
+        only_for(
+            self,
+            &u.hash_cookie,
+            "hash_cookie",
+            "cookie",
+            policy_name == "cookie",
+        );
+        let balance = match policy {
+            None | Some(("peak_ewma", _)) => Balance::PeakEwma,
+            Some(("round_robin", _)) => Balance::RoundRobin,
+            Some(("least_requests", _)) => Balance::LeastRequests,
+            Some(("ip_hash", _)) => Balance::IpHash,
+            Some(("header_hash", s)) => match u
+                .hash_header
+                .as_ref()
+                .map(|h| http::HeaderName::from_bytes(h.get_ref().as_bytes()))
+            {
+                Some(Ok(h)) => Balance::HeaderHash(h),
+                Some(Err(_)) => {
+                    self.issue(
+                        u.hash_header.as_ref().map(|h| h.span()),
+                        format!("{key}.hash_header"),
+                        "is not a header name".into(),
+                    );
+                    Balance::PeakEwma
+                }
+                None => {
+                    self.issue(
+                        Some(s),
+                        format!("{key}.hash_header"),
+                        "balance = \"header_hash\" needs hash_header = \"HEADER-NAME\"".into(),
+                    );
+                    Balance::PeakEwma
+                }
+            },
+            Some(("cookie", s)) => match &u.hash_cookie {
+                Some(c) if !c.get_ref().is_empty() => Balance::Cookie(c.get_ref().clone()),
+                _ => {
+                    self.issue(
+                        Some(s),
+                        format!("{key}.hash_cookie"),
+                        "balance = \"cookie\" needs hash_cookie = \"COOKIE-NAME\"".into(),
+                    );
+                    Balance::PeakEwma
+                }
+            },
+            Some((other, s)) => {
+                self.issue(
+                    Some(s),
+                    format!("{key}.balance"),
+                    format!("{other:?} is not a policy; allowed: {POLICIES}"),
+                );
+                Balance::PeakEwma
+            }
+        };
+        UpstreamPool { members, balance }
+    }
+
+    pub(super) fn proxy_target(&mut self, key: &str, raw: &Spanned<RawProxy>) -> ProxyTarget {
+        let span = raw.span();
+        match raw.get_ref() {
+            RawProxy::Pool(name) => {
+                if !self.pool_names.contains(name) {
+                    let defined = if self.pool_names.is_empty() {
+                        "none; add an [upstream.NAME] table, or list addresses here".to_owned()
+                    } else {
+                        self.pool_names
+                            .iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    self.issue(
+                        Some(span),
+                        format!("{key}.proxy"),
+                        format!("unknown upstream {name:?} (defined: {defined})"),
+                    );
+                }
+                ProxyTarget::Pool(name.clone())
+            }
+            RawProxy::List(list) => {
+                if list.is_empty() {
+                    self.issue(Some(span.clone()), format!("{key}.proxy"), "empty; list at least one upstream like \"127.0.0.1:8000\" or \"unix:/run/app.sock\", or name an [upstream.NAME] pool".into());
+                }
+                let mut members = Vec::new();
+                for a in list {
+                    match parse_upstream(a) {
+                        Ok(addr) => members.push(PoolMember {
+                            addr: self.resolve_unix(addr),
+                            weight: 1,
+                        }),
+                        Err(msg) => self.issue(Some(span.clone()), format!("{key}.proxy"), msg),
+                    }
+                }
+                ProxyTarget::Inline(UpstreamPool {
+                    members,
+                    balance: Balance::RoundRobin,
+                })
+            }
+        }
+    }
+}
