@@ -230,6 +230,12 @@ pub struct UpstreamPool {
     pub members: Vec<PoolMember>,
     /// How a member is chosen.
     pub balance: Balance,
+    /// Most further attempts on other members for one request.
+    pub retries: u32,
+    /// Consecutive failures (connect errors, 5xx) that eject a member; 0 never ejects.
+    pub eject_after: u32,
+    /// First ejection period; doubles with each ejection in a row.
+    pub eject_for: Duration,
 }
 
 /// A pool member.

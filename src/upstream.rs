@@ -4,10 +4,11 @@
 //! timeouts learned from `Keep-Alive`, and replay on a dead pooled connection.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
@@ -21,8 +22,106 @@ mod balance;
 
 use balance::{Balancer, Key, Load};
 
-/// The request body type sent upstream.
-pub type ReqBody = Incoming;
+/// The request body sent upstream: the client's, streamed, or none (a body-less request
+/// sent again).
+#[derive(Debug)]
+pub enum ReqBody {
+    /// The client's body.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for ReqBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Methods a request of which may be sent twice (RFC 9110 section 9.2.2).
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(m)
+}
+
+/// A copy of a body-less request's head, to send again.
+fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut copy = Request::new(ReqBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Passive health: consecutive failures and ejection, in milliseconds of the pool's clock.
+#[derive(Debug, Default)]
+struct Health {
+    consecutive: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl Health {
+    fn available(&self, now: Duration) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now.as_millis() as u64
+    }
+
+    fn failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    fn failure(&self) {
+        self.consecutive.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn succeeded(&self) {
+        if self.consecutive.swap(0, Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejects until `now + base * 2^(ejections so far)` (at most 32x); returns the period.
+    fn eject(&self, now: Duration, base: Duration) -> Duration {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let period = base * (1 << n);
+        self.ejected_until_ms
+            .store((now + period).as_millis() as u64, Ordering::Relaxed);
+        self.consecutive.store(0, Ordering::Relaxed);
+        period
+    }
+}
 
 /// How long checkout waits for a pooled connection to become ready again. One whose response
 /// ended while its request body was still being sent (an app answering an upload early) can
@@ -39,6 +138,10 @@ pub struct Pool {
     members: Vec<Arc<Member>>,
     weights: Vec<u32>,
     balancer: Balancer,
+    retries: u32,
+    eject_after: u32,
+    eject_for: Duration,
+    health_clock: Instant,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -52,6 +155,7 @@ pub struct Member {
     label: Arc<str>,
     idle: Mutex<Vec<IdleConn>>,
     load: Load,
+    health: Health,
 }
 
 /// Counts a request as in flight on its member until dropped (when the response body is done
@@ -136,11 +240,16 @@ impl Pool {
                         label: label.as_str().into(),
                         idle: Mutex::new(Vec::new()),
                         load: Load::default(),
+                        health: Health::default(),
                     })
                 })
                 .collect(),
             balancer: Balancer::new(&pool.balance, &weights, &labels),
             weights,
+            retries: pool.retries,
+            eject_after: pool.eject_after,
+            eject_for: pool.eject_for,
+            health_clock: Instant::now(),
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: timeouts.upstream_idle,
@@ -148,54 +257,131 @@ impl Pool {
     }
 
     /// Sends `req` to the member the pool's policy picks and waits for its response head.
+    ///
+    /// Retried on another member, at most `retries` times within the connect timeout's
+    /// budget: a connect failure (the request never left, whatever its method), and a
+    /// request hyper hands back unsent. A body-less idempotent request is also retried when
+    /// a reused connection fails before any response byte: the app closed it while it sat
+    /// in the pool (gunicorn after 2 s, uvicorn after 5 s).
     pub async fn send(
         &self,
-        req: Request<ReqBody>,
+        req: Request<Incoming>,
         client: IpAddr,
     ) -> Result<Sent, (ProxyError, Arc<str>)> {
-        let i = if self.members.len() == 1 {
-            0
-        } else {
-            // at most a handful of members: a small stack-free Vec is fine, once per request
-            let loads: Vec<&Load> = self.members.iter().map(|m| &m.load).collect();
-            self.balancer.pick(
-                &self.weights,
-                &loads,
-                &Key {
-                    client,
-                    headers: req.headers(),
+        let (parts, body) = req.into_parts();
+        let replayable = body.is_end_stream() && idempotent(&parts.method);
+        let mut req = Request::from_parts(parts, ReqBody::Client(body));
+        let mut tried: u64 = 0;
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let retry_left = attempt <= self.retries && Instant::now() < deadline;
+            let i = self.pick(req.headers(), client, tried);
+            tried |= 1 << (i % 64);
+            let member = &self.members[i];
+            let fail = |e| (e, member.label.clone());
+            let in_flight = InFlight::new(member);
+            let started = Instant::now();
+            let (mut conn, reused) = match self.checkout(member).await {
+                Some(c) => (c, true),
+                None => match self.connect(member).await {
+                    Ok(c) => (c, false),
+                    Err(e) => {
+                        self.failed(member);
+                        if retry_left {
+                            tracing::debug!(upstream = %member.label, error = %e, "connect failed; trying another member");
+                            continue;
+                        }
+                        return Err(fail(e));
+                    }
                 },
-            )
-        };
-        let member = &self.members[i];
-        tracing::debug!(upstream = %member.label, "member chosen");
-        let in_flight = InFlight::new(member);
-        let started = Instant::now();
-        let fail = |e| (e, member.label.clone());
-        let mut conn = match self.checkout(member).await {
-            Some(c) => c,
-            None => self.connect(member).await.map_err(fail)?,
-        };
-        let response = tokio::time::timeout(self.response_timeout, conn.sender.send_request(req))
-            .await
-            .map_err(|_| {
-                fail(ProxyError::UpstreamTimeout {
-                    addr: member.label.to_string(),
-                })
-            })?
-            .map_err(|source| {
-                fail(ProxyError::UpstreamProtocol {
-                    addr: member.label.to_string(),
-                    source,
-                })
-            })?;
-        member.load.observe(started.elapsed());
-        Ok(Sent {
-            response,
-            conn,
-            upstream: member.label.clone(),
-            in_flight,
-        })
+            };
+            // Keep a copy of a body-less request's head when it goes onto a reused
+            // connection: if the app had closed that connection, it is sent again.
+            let copy = (reused && replayable && retry_left).then(|| head_copy(&req));
+            let sent =
+                tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
+                    .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    member.load.observe(started.elapsed());
+                    if response.status().is_server_error() {
+                        self.failed(member);
+                    } else {
+                        member.health.succeeded();
+                    }
+                    return Ok(Sent {
+                        response,
+                        conn,
+                        upstream: member.label.clone(),
+                        in_flight,
+                    });
+                }
+                Ok(Err(mut e)) => {
+                    let unsent = e.take_message();
+                    let error = e.into_error();
+                    match (unsent, copy) {
+                        (Some(back), _) if retry_left => req = back,
+                        (None, Some(copy)) => req = copy,
+                        _ => {
+                            self.failed(member);
+                            return Err(fail(ProxyError::UpstreamProtocol {
+                                addr: member.label.to_string(),
+                                source: error,
+                            }));
+                        }
+                    }
+                    tracing::debug!(upstream = %member.label, %error, reused, "upstream connection failed before a response; sending again");
+                }
+                Err(_) => {
+                    self.failed(member);
+                    return Err(fail(ProxyError::UpstreamTimeout {
+                        addr: member.label.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The member for the next attempt: the policy's choice among members not ejected and
+    /// not yet tried for this request.
+    fn pick(&self, headers: &http::HeaderMap, client: IpAddr, tried: u64) -> usize {
+        if self.members.len() == 1 {
+            return 0;
+        }
+        let now = self.health_clock.elapsed();
+        let loads: Vec<&Load> = self.members.iter().map(|m| &m.load).collect();
+        let usable =
+            |i: usize| tried & (1 << (i % 64)) == 0 && self.members[i].health.available(now);
+        let i = self
+            .balancer
+            .pick(&self.weights, &loads, &Key { client, headers }, &usable);
+        tracing::debug!(upstream = %self.members[i].label, "member chosen");
+        i
+    }
+
+    /// Records a failure; ejects the member after `eject_after` in a row, for a period that
+    /// doubles with every ejection (capped at 32x), unless that would leave no member or
+    /// eject more than half the pool.
+    fn failed(&self, member: &Member) {
+        let now = self.health_clock.elapsed();
+        if self.eject_after == 0 || member.health.failures() + 1 < self.eject_after {
+            member.health.failure();
+            return;
+        }
+        member.health.failure();
+        let ejected = self
+            .members
+            .iter()
+            .filter(|m| !m.health.available(now))
+            .count();
+        let max = (self.members.len() / 2).max(1).min(self.members.len() - 1);
+        if !member.health.available(now) || ejected >= max {
+            return;
+        }
+        let period = member.health.eject(now, self.eject_for);
+        tracing::info!(upstream = %member.label, ?period, "member ejected after consecutive failures");
     }
 
     /// The most recently used idle connection that is still open and fresh.

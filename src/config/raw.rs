@@ -40,6 +40,9 @@ pub struct RawUpstream {
     pub balance: S<String>,
     pub hash_header: S<String>,
     pub hash_cookie: S<String>,
+    pub retries: S<i64>,
+    pub eject_after: S<i64>,
+    pub eject_for: S<String>,
 }
 
 /// A pool member: `"host:port"` or `{ addr = "host:port", weight = 2 }`.

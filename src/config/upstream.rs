@@ -8,6 +8,13 @@ use super::check::Checker;
 use super::raw::{RawMember, RawProxy, RawUpstream};
 use super::{parse_upstream, Balance, PoolMember, ProxyTarget, UpstreamPool};
 
+/// Further attempts on other members, as HAProxy's `retries` and nginx's next-upstream.
+const DEFAULT_RETRIES: u32 = 2;
+/// Consecutive failures that eject a member (Envoy's consecutive_5xx default is 5).
+const DEFAULT_EJECT_AFTER: u32 = 5;
+/// First ejection period.
+const DEFAULT_EJECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Allowed `balance` values, for error messages.
 const POLICIES: &str =
     "\"round_robin\", \"least_requests\", \"peak_ewma\", \"ip_hash\", \"header_hash\", \"cookie\"";
@@ -147,7 +154,38 @@ impl Checker<'_> {
                 Balance::PeakEwma
             }
         };
-        UpstreamPool { members, balance }
+        let count =
+            |this: &mut Self, v: &Option<Spanned<i64>>, name: &str, default: u32, max: u32| match v
+            {
+                None => default,
+                Some(n) => match u32::try_from(*n.get_ref()) {
+                    Ok(n) if n <= max => n,
+                    _ => {
+                        this.issue(
+                            Some(n.span()),
+                            format!("{key}.{name}"),
+                            format!("{} is outside 0..{max}", n.get_ref()),
+                        );
+                        default
+                    }
+                },
+            };
+        let retries = count(self, &u.retries, "retries", DEFAULT_RETRIES, 10);
+        let eject_after = count(
+            self,
+            &u.eject_after,
+            "eject_after",
+            DEFAULT_EJECT_AFTER,
+            1000,
+        );
+        let eject_for = self.duration(&u.eject_for, &format!("{key}.eject_for"), DEFAULT_EJECT_FOR);
+        UpstreamPool {
+            members,
+            balance,
+            retries,
+            eject_after,
+            eject_for,
+        }
     }
 
     pub(super) fn proxy_target(&mut self, key: &str, raw: &Spanned<RawProxy>) -> ProxyTarget {
@@ -187,6 +225,9 @@ impl Checker<'_> {
                     }
                 }
                 ProxyTarget::Inline(UpstreamPool {
+                    retries: DEFAULT_RETRIES,
+                    eject_after: DEFAULT_EJECT_AFTER,
+                    eject_for: DEFAULT_EJECT_FOR,
                     members,
                     balance: Balance::RoundRobin,
                 })

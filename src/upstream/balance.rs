@@ -126,15 +126,34 @@ impl Balancer {
         }
     }
 
-    /// The member to use among `loads` (same order as the weights given to `new`).
-    pub fn pick(&self, weights: &[u32], loads: &[&Load], key: &Key<'_>) -> usize {
+    /// The member to use among `loads` (same order as the weights given to `new`), among
+    /// those `usable` says may take traffic; when none may, among all (fail open).
+    pub fn pick(
+        &self,
+        weights: &[u32],
+        loads: &[&Load],
+        key: &Key<'_>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> usize {
         let n = loads.len();
         if n == 1 {
             return 0;
         }
+        let any_usable = (0..n).any(usable);
+        let usable = |i: usize| !any_usable || usable(i);
+        let weights: Vec<u32> = (0..n)
+            .map(|i| if usable(i) { weights[i] } else { 0 })
+            .collect();
+        let weights = weights.as_slice();
         match self {
             Balancer::RoundRobin { schedule, next } => {
-                schedule[next.fetch_add(1, Ordering::Relaxed) % schedule.len()]
+                for _ in 0..schedule.len() {
+                    let i = schedule[next.fetch_add(1, Ordering::Relaxed) % schedule.len()];
+                    if usable(i) {
+                        return i;
+                    }
+                }
+                0
             }
             Balancer::LeastRequests => p2c(weights, |i| {
                 loads[i].in_flight.load(Ordering::Relaxed) as f64
@@ -154,7 +173,11 @@ impl Balancer {
                     // the first ring node at or after the key's hash, wrapping around
                     Some(h) => {
                         let at = ring.partition_point(|(node, _)| *node < h);
-                        ring[at % ring.len()].1
+                        // the next node whose member may take traffic
+                        (0..ring.len())
+                            .map(|k| ring[(at + k) % ring.len()].1)
+                            .find(|&m| usable(m))
+                            .unwrap_or(ring[at % ring.len()].1)
                     }
                     // no key (header or cookie absent): any member, by weight
                     None => weighted_random(weights),
@@ -174,7 +197,7 @@ fn p2c(weights: &[u32], cost: impl Fn(usize) -> f64) -> usize {
         }
         b = weighted_random(weights);
     }
-    let score = |i: usize| cost(i) / f64::from(weights[i]);
+    let score = |i: usize| cost(i) / f64::from(weights[i].max(1));
     if score(b) < score(a) {
         b
     } else {
@@ -278,6 +301,7 @@ mod tests {
                     client,
                     headers: &headers,
                 },
+                &|_| true,
             )] += 1;
         }
         c
@@ -348,6 +372,7 @@ mod tests {
                         client: c,
                         headers: &h,
                     },
+                    &|_| true,
                 )
             })
             .collect();
@@ -362,6 +387,7 @@ mod tests {
                         client: c,
                         headers: &h,
                     },
+                    &|_| true,
                 )
             })
             .collect();
@@ -378,12 +404,10 @@ mod tests {
                     client: c,
                     headers: &h,
                 },
+                &|_| true,
             );
             if was != 3 {
-                assert_eq!(
-                    now, was,
-                    "client {r} moved although its member stayed"
-                );
+                assert_eq!(now, was, "client {r} moved although its member stayed");
             }
         }
         // the spread is even enough
@@ -391,6 +415,31 @@ mod tests {
             .map(|m| before.iter().filter(|&&b| b == m).count())
             .collect();
         assert!(per.iter().all(|&n| n > 30), "{per:?}");
+    }
+
+    #[test]
+    fn unusable_members_are_skipped_and_all_unusable_fails_open() {
+        let w = [1, 1, 1];
+        let l = Load::default();
+        let loads = [&l, &l, &l];
+        let key_headers = HeaderMap::new();
+        let key = Key {
+            client: "127.0.0.1".parse().unwrap(),
+            headers: &key_headers,
+        };
+        for policy in [
+            Balance::RoundRobin,
+            Balance::LeastRequests,
+            Balance::PeakEwma,
+            Balance::IpHash,
+        ] {
+            let b = Balancer::new(&policy, &w, &labels(3));
+            for _ in 0..50 {
+                assert_ne!(b.pick(&w, &loads, &key, &|i| i != 1), 1, "{policy:?}");
+            }
+            // nobody usable: still an answer
+            assert!(b.pick(&w, &loads, &key, &|_| false) < 3);
+        }
     }
 
     #[test]
@@ -412,6 +461,7 @@ mod tests {
                     client: "127.0.0.1".parse().unwrap(),
                     headers: h,
                 },
+                &|_| true,
             )
         };
         let a = pick(&by_cookie, &with("theme=dark; sid=abc"));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Client, Proto, TestServer, Upstream};
+use crate::support::{Behaviour, Client, Proto, TestServer, Upstream};
 
 fn site(pool: &str) -> String {
     format!(
@@ -58,4 +58,125 @@ async fn least_requests_sends_less_to_a_slow_member() {
     assert_eq!(share + f1.seen().len() + f2.seen().len(), total);
     // a third would be 40; requests pile up on the slow member, so p2c steers away from it
     assert!(share < total / 6, "slow member got {share} of {total}");
+}
+
+fn two_member_pool(a: &str, b: &str, extra: &str) -> String {
+    format!("[upstream.app]\nbalance = \"round_robin\"\nmembers = [\"{a}\", \"{b}\"]\n{extra}\n")
+}
+
+/// A member that refuses connections costs the client nothing: the request goes to another.
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_another_member() {
+    let live = Upstream::start("live").await;
+    let dead = crate::support::upstream::closed_port().to_string();
+    let usher = TestServer::start(&site(&two_member_pool(&dead, &live.addr, ""))).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("app.test", "/x").await.status, 200);
+    }
+    assert_eq!(live.seen().len(), 10);
+}
+
+/// A member answering 503 to everything is ejected and traffic shifts to the others.
+#[tokio::test]
+async fn a_failing_member_is_ejected() {
+    let bad = Upstream::start_with(
+        "bad",
+        Behaviour {
+            status: Some(503),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let good = Upstream::start("good").await;
+    let usher = TestServer::start(&site(&two_member_pool(
+        &bad.addr,
+        &good.addr,
+        "eject_after = 3\neject_for = \"1m\"",
+    )))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let mut failures = 0;
+    for _ in 0..40 {
+        if c.get("app.test", "/x").await.status == 503 {
+            failures += 1;
+        }
+    }
+    // three 503s eject it; everything after goes to the good member
+    assert_eq!(
+        bad.seen().len(),
+        3,
+        "the failing member kept getting traffic"
+    );
+    assert_eq!(failures, 3);
+    assert_eq!(good.seen().len(), 37);
+}
+
+/// The keep-alive race: the app closes an idle connection (as gunicorn does after 2 s) while
+/// usher still holds it in its pool; the next request is sent again on a fresh connection
+/// instead of becoming a 502.
+#[tokio::test]
+async fn a_connection_the_app_closed_is_not_a_502() {
+    let app = Upstream::start_with(
+        "app",
+        Behaviour {
+            idle_close: Some(Duration::from_millis(100)),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    // usher would keep idle connections for a minute: far longer than the app does
+    let pool = format!("[upstream.app]\nmembers = [\"{}\"]\n", app.addr);
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"60s\"\n{}",
+        site(&pool)
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for i in 0..4 {
+        assert_eq!(
+            c.get("app.test", &format!("/r{i}")).await.status,
+            200,
+            "request {i}"
+        );
+        // longer than the app's keep-alive: its side of the pooled connection is gone
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(app.seen().len(), 4);
+}
+
+/// The same race caught in the act: the app drops a reused connection unanswered just as
+/// usher sends on it; a body-less GET is sent again on a fresh connection, every time.
+#[tokio::test]
+async fn a_request_lost_on_a_reused_connection_is_sent_again() {
+    let app = Upstream::start_with(
+        "app",
+        Behaviour {
+            drop_reused: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let pool = format!("[upstream.app]\nmembers = [\"{}\"]\n", app.addr);
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"60s\"\n{}",
+        site(&pool)
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for i in 0..6 {
+        assert_eq!(
+            c.get("app.test", &format!("/r{i}")).await.status,
+            200,
+            "request {i}"
+        );
+    }
+    // every request after the first met a dropped connection first and was answered anyway
+    assert_eq!(app.seen().len(), 6);
+    // a POST is never sent twice: it fails instead
+    let post = http::Request::post("/p")
+        .header("host", "app.test")
+        .body(http_body_util::Full::new(bytes::Bytes::from("x")))
+        .unwrap();
+    assert_eq!(c.send(post).await.status, 502);
 }

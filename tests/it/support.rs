@@ -12,7 +12,7 @@ pub use client::{Client, Proto, Resp};
 #[allow(unused_imports)]
 pub use server::TestServer;
 #[allow(unused_imports)]
-pub use upstream::{Seen, Upstream};
+pub use upstream::{Behaviour, Seen, Upstream};
 
 use std::future::Future;
 use std::time::Duration;

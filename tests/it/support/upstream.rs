@@ -49,13 +49,30 @@ impl Upstream {
 
     /// Starts on an ephemeral loopback port, taking `delay` before every answer.
     pub async fn start_slow(name: &str, delay: Duration) -> Upstream {
+        Upstream::start_with(
+            name,
+            Behaviour {
+                delay,
+                ..Behaviour::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts on an ephemeral loopback port with the given behaviour.
+    pub async fn start_with(name: &str, behaviour: Behaviour) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (name, log) = (Arc::<str>::from(name), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(TokioIo::new(tcp), name.clone(), log.clone(), delay));
+                tokio::spawn(serve(
+                    TokioIo::new(tcp),
+                    name.clone(),
+                    log.clone(),
+                    behaviour,
+                ));
             }
         });
         Upstream { addr, seen, task }
@@ -72,7 +89,7 @@ impl Upstream {
                     TokioIo::new(s),
                     name.clone(),
                     log.clone(),
-                    Duration::ZERO,
+                    Behaviour::default(),
                 ));
             }
         });
@@ -100,20 +117,50 @@ pub fn closed_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
-async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, delay: Duration)
+/// How an upstream misbehaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// Wait before every answer.
+    pub delay: Duration,
+    /// Answer every request with this status.
+    pub status: Option<u16>,
+    /// Close a keep-alive connection idle this long (as gunicorn does after 2 s).
+    pub idle_close: Option<Duration>,
+    /// Drop a connection, unanswered, when a second request arrives on it: what a proxy sees
+    /// when the app closes a kept-alive connection just as the proxy reuses it.
+    pub drop_reused: bool,
+}
+
+async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, behaviour: Behaviour)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let svc = service_fn(move |req: Request<Incoming>| {
         let (name, seen) = (name.clone(), seen.clone());
+        let nth = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            if behaviour.drop_reused && nth > 0 {
+                return Err("dropping a reused connection unanswered");
             }
-            Ok::<_, Infallible>(answer(req, &name, &seen).await)
+            if !behaviour.delay.is_zero() {
+                tokio::time::sleep(behaviour.delay).await;
+            }
+            let mut resp = answer(req, &name, &seen).await;
+            if let Some(s) = behaviour.status {
+                *resp.status_mut() = http::StatusCode::from_u16(s).unwrap();
+            }
+            Ok::<_, &str>(resp)
         }
     });
-    let _ = http1::Builder::new().serve_connection(io, svc).await;
+    let mut builder = http1::Builder::new();
+    if let Some(idle) = behaviour.idle_close {
+        // hyper's header timeout also runs while a connection waits for its next request
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle);
+    }
+    let _ = builder.serve_connection(io, svc).await;
 }
 
 fn query(uri: &Uri, key: &str) -> Option<u64> {
