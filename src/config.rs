@@ -236,6 +236,25 @@ pub struct UpstreamPool {
     pub eject_after: u32,
     /// First ejection period; doubles with each ejection in a row.
     pub eject_for: Duration,
+    /// Active health checks, when configured.
+    pub health: Option<HealthCheck>,
+}
+
+/// Active health checks of a pool's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path requested (GET) on each member.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Statuses that count as healthy, inclusive.
+    pub status: (u16, u16),
+    /// Consecutive passes that re-admit a member.
+    pub healthy_after: u32,
+    /// Consecutive failures that take a member out.
+    pub unhealthy_after: u32,
 }
 
 /// A pool member.

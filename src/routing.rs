@@ -23,6 +23,8 @@ pub struct Routes {
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, SiteId>,
     default: Option<SiteId>,
+    /// Every upstream pool, once each (for their health checks).
+    pools: Vec<Arc<Pool>>,
 }
 
 /// One site's routes.
@@ -65,6 +67,7 @@ impl Routes {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             default: None,
+            pools: Vec::new(),
         };
         // One runtime pool per named pool, shared by every route that names it.
         let named: HashMap<&str, Arc<Pool>> = config
@@ -72,6 +75,7 @@ impl Routes {
             .iter()
             .map(|(name, p)| (name.as_str(), Arc::new(Pool::new(p, &config.timeouts))))
             .collect();
+        routes.pools.extend(named.values().cloned());
         for (id, site) in config.sites.iter().enumerate() {
             for name in &site.names {
                 match name.strip_prefix("*.") {
@@ -93,7 +97,9 @@ impl Routes {
                         }
                     },
                     Action::Proxy(ProxyTarget::Inline(pool)) => {
-                        RouteAction::Proxy(Arc::new(Pool::new(pool, &config.timeouts)))
+                        let pool = Arc::new(Pool::new(pool, &config.timeouts));
+                        routes.pools.push(pool.clone());
+                        RouteAction::Proxy(pool)
                     }
                     Action::Redirect { status, to } => RouteAction::Redirect {
                         status: *status,
@@ -138,6 +144,11 @@ impl Routes {
             })
             .copied()
             .or(self.default)
+    }
+
+    /// Every upstream pool, once each.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
     }
 
     /// The site with this id.

@@ -218,6 +218,7 @@ pub async fn start_with_log(
         path: config.file.clone(),
         source,
     })?;
+    let pools = routes.pools().to_vec();
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -277,6 +278,9 @@ pub async fn start_with_log(
     });
     // Stored ACME certificates are installed before the listeners accept, so those sites
     // serve from the first handshake.
+    for pool in pools {
+        tokio::spawn(pool.check_health(shutdown.clone()));
+    }
     let acme_tasks = TaskTracker::new();
     let acme_sites: Vec<ManagedSite> = config
         .sites

@@ -4,7 +4,7 @@
 //! timeouts learned from `Keep-Alive`, and replay on a dead pooled connection.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::config::{Timeouts, UpstreamAddr, UpstreamPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool};
 use crate::error::ProxyError;
 
 mod balance;
@@ -85,17 +87,56 @@ fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-/// Passive health: consecutive failures and ejection, in milliseconds of the pool's clock.
-#[derive(Debug, Default)]
+/// A member's health: the active checks' verdict (up until checks say otherwise) and passive
+/// ejection, in milliseconds of the pool's clock.
+#[derive(Debug)]
 struct Health {
+    down: AtomicBool,
+    passes: AtomicU32,
+    fails: AtomicU32,
     consecutive: AtomicU32,
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
 }
 
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            down: AtomicBool::new(false),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            consecutive: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Health {
     fn available(&self, now: Duration) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) <= now.as_millis() as u64
+        !self.down.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now.as_millis() as u64
+    }
+
+    /// Counts one active check; returns the new state when it flips (true: up).
+    fn checked(&self, ok: bool, hc: &HealthCheck) -> Option<bool> {
+        let down = self.down.load(Ordering::Relaxed);
+        if ok {
+            self.fails.store(0, Ordering::Relaxed);
+            let passes = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            if down && passes >= hc.healthy_after {
+                self.down.store(false, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.passes.store(0, Ordering::Relaxed);
+            let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if !down && fails >= hc.unhealthy_after {
+                self.down.store(true, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
     }
 
     fn failures(&self) -> u32 {
@@ -142,6 +183,7 @@ pub struct Pool {
     eject_after: u32,
     eject_for: Duration,
     health_clock: Instant,
+    health_check: Option<HealthCheck>,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -250,6 +292,7 @@ impl Pool {
             eject_after: pool.eject_after,
             eject_for: pool.eject_for,
             health_clock: Instant::now(),
+            health_check: pool.health.clone(),
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: timeouts.upstream_idle,
@@ -382,6 +425,57 @@ impl Pool {
         }
         let period = member.health.eject(now, self.eject_for);
         tracing::info!(upstream = %member.label, ?period, "member ejected after consecutive failures");
+    }
+
+    /// Runs the pool's active health checks until `shutdown`: every interval, each member is
+    /// asked for the check path on a fresh connection; only flips are logged (at info).
+    pub async fn check_health(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(hc) = self.health_check.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(hc.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let probes = self.members.iter().map(|m| self.probe(m, &hc));
+            let results = futures_util::future::join_all(probes).await;
+            for (m, ok) in self.members.iter().zip(results) {
+                match m.health.checked(ok, &hc) {
+                    Some(true) => {
+                        tracing::info!(upstream = %m.label, "member healthy again: back in rotation")
+                    }
+                    Some(false) => {
+                        tracing::info!(upstream = %m.label, path = %hc.path, "member failed its health checks: out of rotation")
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// One health check: GET the path on a fresh connection within the check's timeout.
+    async fn probe(&self, member: &Arc<Member>, hc: &HealthCheck) -> bool {
+        let check = async {
+            let mut conn = self.connect(member).await.ok()?;
+            let mut req = Request::new(ReqBody::Empty);
+            *req.uri_mut() = hc.path.parse().ok()?;
+            let host = match &member.addr {
+                UpstreamAddr::Tcp { .. } => member.label.to_string(),
+                UpstreamAddr::Unix(_) => "localhost".to_owned(),
+            };
+            req.headers_mut()
+                .insert(http::header::HOST, host.parse().ok()?);
+            let resp = conn.sender.send_request(req).await.ok()?;
+            let s = resp.status().as_u16();
+            Some((hc.status.0..=hc.status.1).contains(&s))
+        };
+        matches!(
+            tokio::time::timeout(hc.timeout, check).await,
+            Ok(Some(true))
+        )
     }
 
     /// The most recently used idle connection that is still open and fresh.

@@ -43,6 +43,19 @@ pub struct RawUpstream {
     pub retries: S<i64>,
     pub eject_after: S<i64>,
     pub eject_for: S<String>,
+    pub health: S<RawHealth>,
+}
+
+/// `[upstream.NAME.health]`: active health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: S<String>,
+    pub interval: S<String>,
+    pub timeout: S<String>,
+    pub status: S<String>,
+    pub healthy_after: S<i64>,
+    pub unhealthy_after: S<i64>,
 }
 
 /// A pool member: `"host:port"` or `{ addr = "host:port", weight = 2 }`.

@@ -417,6 +417,67 @@ fn named_upstream_pools() {
     ))
     .unwrap();
     assert_eq!(c.upstreams["app"].balance, Balance::Cookie("sid".into()));
+    let pool = &c.upstreams["app"];
+    assert_eq!(
+        (pool.retries, pool.eject_after, pool.eject_for),
+        (2, 5, Duration::from_secs(10))
+    );
+    assert!(pool.health.is_none());
+    let c = parse(&format!(
+        "[upstream.app]\nmembers = [\"a:1\"]\n[upstream.app.health]\npath = \"/healthz\"\nstatus = \"204\"\n{site}"
+    ))
+    .unwrap();
+    let hc = c.upstreams["app"].health.as_ref().unwrap();
+    assert_eq!(
+        (hc.status, hc.interval, hc.healthy_after, hc.unhealthy_after),
+        ((204, 204), Duration::from_secs(5), 2, 3)
+    );
+}
+
+#[test]
+fn upstream_retry_ejection_and_health_mistakes() {
+    let site = MINIMAL.replace("proxy = [\"127.0.0.1:8000\"]", "proxy = \"app\"");
+    let pool = "[upstream.app]\nmembers = [\"a:1\"]\n";
+    let cases = [
+        ("retries = 11\n", "upstream.app.retries", "outside 0..10"),
+        (
+            "eject_after = -1\n",
+            "upstream.app.eject_after",
+            "outside 0..1000",
+        ),
+        (
+            "eject_for = \"soon\"\n",
+            "upstream.app.eject_for",
+            "not a duration",
+        ),
+        (
+            "[upstream.app.health]\npath = \"healthz\"\n",
+            "upstream.app.health.path",
+            "must start with",
+        ),
+        (
+            "[upstream.app.health]\npath = \"/h\"\nstatus = \"300-200\"\n",
+            "upstream.app.health.status",
+            "not a status or range",
+        ),
+        (
+            "[upstream.app.health]\npath = \"/h\"\nhealthy_after = 0\n",
+            "upstream.app.health.healthy_after",
+            "outside 1..100",
+        ),
+        (
+            "[upstream.app.health]\ninterval = \"1s\"\n",
+            "upstream.app.health.path",
+            "missing",
+        ),
+    ];
+    for (extra, key, msg) in cases {
+        let i = issues(&format!("{pool}{extra}{site}"));
+        assert!(
+            i.iter().any(|i| i.key == key && i.message.contains(msg)),
+            "{extra}: {i:?}"
+        );
+    }
 }
 
 #[test]

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 use super::check::Checker;
-use super::raw::{RawMember, RawProxy, RawUpstream};
-use super::{parse_upstream, Balance, PoolMember, ProxyTarget, UpstreamPool};
+use std::time::Duration;
+
+use super::raw::{RawHealth, RawMember, RawProxy, RawUpstream};
+use super::{parse_upstream, Balance, HealthCheck, PoolMember, ProxyTarget, UpstreamPool};
 
 /// Further attempts on other members, as HAProxy's `retries` and nginx's next-upstream.
 const DEFAULT_RETRIES: u32 = 2;
@@ -179,12 +181,97 @@ impl Checker<'_> {
             1000,
         );
         let eject_for = self.duration(&u.eject_for, &format!("{key}.eject_for"), DEFAULT_EJECT_FOR);
+        let health = u
+            .health
+            .as_ref()
+            .map(|h| self.health(&format!("{key}.health"), h));
         UpstreamPool {
             members,
             balance,
             retries,
             eject_after,
             eject_for,
+            health,
+        }
+    }
+
+    fn health(&mut self, key: &str, raw: &Spanned<RawHealth>) -> HealthCheck {
+        let h = raw.get_ref();
+        let path = match &h.path {
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.issue(
+                    Some(p.span()),
+                    format!("{key}.path"),
+                    format!("{:?} must start with \"/\"", p.get_ref()),
+                );
+                "/".into()
+            }
+            None => {
+                self.issue(
+                    Some(raw.span()),
+                    format!("{key}.path"),
+                    "missing; give the path to check, like path = \"/healthz\"".into(),
+                );
+                "/".into()
+            }
+        };
+        let interval = self.duration(
+            &h.interval,
+            &format!("{key}.interval"),
+            Duration::from_secs(5),
+        );
+        let timeout = self.duration(
+            &h.timeout,
+            &format!("{key}.timeout"),
+            Duration::from_secs(2),
+        );
+        let status = match &h.status {
+            None => (200, 399),
+            Some(s) => {
+                let parsed = match s.get_ref().split_once('-') {
+                    Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                    None => s.get_ref().trim().parse().ok().map(|n| (n, n)),
+                };
+                match parsed {
+                    Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => (a, b),
+                    _ => {
+                        self.issue(
+                            Some(s.span()),
+                            format!("{key}.status"),
+                            format!(
+                                "{:?} is not a status or range like \"200-399\"",
+                                s.get_ref()
+                            ),
+                        );
+                        (200, 399)
+                    }
+                }
+            }
+        };
+        let mut threshold = |v: &Option<Spanned<i64>>, name: &str, default: u32| match v {
+            None => default,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    self.issue(
+                        Some(n.span()),
+                        format!("{key}.{name}"),
+                        format!("{} is outside 1..100", n.get_ref()),
+                    );
+                    default
+                }
+            },
+        };
+        let healthy_after = threshold(&h.healthy_after, "healthy_after", 2);
+        let unhealthy_after = threshold(&h.unhealthy_after, "unhealthy_after", 3);
+        HealthCheck {
+            path,
+            interval,
+            timeout,
+            status,
+            healthy_after,
+            unhealthy_after,
         }
     }
 
@@ -225,6 +312,7 @@ impl Checker<'_> {
                     }
                 }
                 ProxyTarget::Inline(UpstreamPool {
+                    health: None,
                     retries: DEFAULT_RETRIES,
                     eject_after: DEFAULT_EJECT_AFTER,
                     eject_for: DEFAULT_EJECT_FOR,

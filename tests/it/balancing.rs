@@ -180,3 +180,47 @@ async fn a_request_lost_on_a_reused_connection_is_sent_again() {
         .unwrap();
     assert_eq!(c.send(post).await.status, 502);
 }
+
+/// Sends `n` requests and returns how many reached `member`.
+async fn share(c: &mut Client, member: &Upstream, n: usize) -> usize {
+    let before = member.seen().len();
+    for _ in 0..n {
+        assert_eq!(c.get("app.test", "/x").await.status, 200);
+    }
+    member.seen().len() - before
+}
+
+/// Active health checks: a member failing its check path leaves rotation after
+/// `unhealthy_after` checks and comes back after `healthy_after` passes.
+#[tokio::test]
+async fn health_checks_take_members_out_and_back() {
+    let (a, b, c3) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    );
+    let pool = format!(
+        "[upstream.app]\nbalance = \"round_robin\"\nmembers = [\"{}\", \"{}\", \"{}\"]\n[upstream.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nunhealthy_after = 2\nhealthy_after = 2\n",
+        a.addr, b.addr, c3.addr
+    );
+    let usher = TestServer::start(&site(&pool)).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert!(share(&mut c, &b, 6).await > 0, "b serves while healthy");
+    b.set_health(503);
+    let deadline = std::time::Instant::now() + crate::support::STEP;
+    while share(&mut c, &b, 6).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "b stayed in rotation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // out of rotation: no traffic at all, and no client saw an error
+    assert_eq!(share(&mut c, &b, 12).await, 0);
+    b.set_health(200);
+    let deadline = std::time::Instant::now() + crate::support::STEP;
+    while share(&mut c, &b, 6).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b was not re-admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub struct Upstream {
     /// `127.0.0.1:PORT`, or `unix:/path` for a socket.
     pub addr: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    health: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -64,7 +66,8 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (name, log) = (Arc::<str>::from(name), seen.clone());
+        let health = Arc::new(AtomicU16::new(200));
+        let (name, log, h) = (Arc::<str>::from(name), seen.clone(), health.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 tokio::spawn(serve(
@@ -72,17 +75,24 @@ impl Upstream {
                     name.clone(),
                     log.clone(),
                     behaviour,
+                    h.clone(),
                 ));
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            health,
+            task,
+        }
     }
 
     /// Starts on a unix socket at `path`.
     pub async fn start_unix(name: &str, path: &Path) -> Upstream {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (name, log) = (Arc::<str>::from(name), seen.clone());
+        let health = Arc::new(AtomicU16::new(200));
+        let (name, log, h) = (Arc::<str>::from(name), seen.clone(), health.clone());
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 tokio::spawn(serve(
@@ -90,14 +100,22 @@ impl Upstream {
                     name.clone(),
                     log.clone(),
                     Behaviour::default(),
+                    h.clone(),
                 ));
             }
         });
         Upstream {
             addr: format!("unix:{}", path.display()),
             seen,
+            health,
             task,
         }
+    }
+
+    /// Sets the status `/healthz` answers with.
+    pub fn set_health(&self, status: u16) {
+        self.health
+            .store(status, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every request seen so far.
@@ -131,15 +149,28 @@ pub struct Behaviour {
     pub drop_reused: bool,
 }
 
-async fn serve<I>(io: TokioIo<I>, name: Arc<str>, seen: Arc<Mutex<Vec<Seen>>>, behaviour: Behaviour)
-where
+async fn serve<I>(
+    io: TokioIo<I>,
+    name: Arc<str>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Behaviour,
+    health: Arc<AtomicU16>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let svc = service_fn(move |req: Request<Incoming>| {
         let (name, seen) = (name.clone(), seen.clone());
         let nth = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let health = health.clone();
         async move {
+            // health checks: answered with the status the test set, not counted as traffic
+            if req.uri().path() == "/healthz" {
+                let status = health.load(std::sync::atomic::Ordering::Relaxed);
+                let mut resp = Response::new(http_body_util::Full::new(Bytes::new()).boxed());
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                return Ok(resp);
+            }
             if behaviour.drop_reused && nth > 0 {
                 return Err("dropping a reused connection unanswered");
             }
