@@ -89,7 +89,7 @@ pub struct UpstreamBody {
     body: Incoming,
     conn: Option<PooledConn>,
     /// Counts the request on its member until the body is done or dropped.
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
     read_timeout: Duration,
     /// Created on the first read that has to wait, so bodies that arrive whole cost no timer.
     stall: Option<Pin<Box<Sleep>>>,
@@ -101,7 +101,7 @@ impl UpstreamBody {
         body: Incoming,
         conn: PooledConn,
         read_timeout: Duration,
-        in_flight: InFlight,
+        in_flight: Option<InFlight>,
     ) -> UpstreamBody {
         UpstreamBody {
             body,

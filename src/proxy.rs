@@ -8,7 +8,7 @@
 //! 5. `forward`: rewrite request headers -> `pool.send` -> rewrite response headers -> respond.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -23,7 +23,7 @@ use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, PooledConn, ReqBody};
 
 /// The path prefix reserved for ACME HTTP-01 challenges: never redirected or proxied.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -36,6 +36,8 @@ pub struct Proxy {
     https_port: Option<u16>,
     log: Option<AccessLog>,
     challenges: Arc<Challenges>,
+    /// A WebSocket (or other upgraded) tunnel with no traffic for this long is closed.
+    tunnel_idle: Duration,
 }
 
 impl Proxy {
@@ -45,12 +47,14 @@ impl Proxy {
         https_port: Option<u16>,
         log: Option<AccessLog>,
         challenges: Arc<Challenges>,
+        tunnel_idle: Duration,
     ) -> Proxy {
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             https_port: https_port.filter(|p| *p != 443),
             log,
             challenges,
+            tunnel_idle,
         }
     }
 
@@ -145,7 +149,7 @@ impl Proxy {
                 let stripped = route
                     .strip_prefix
                     .then(|| rest_of_path(route, &path).to_owned());
-                forward(pool, req, stripped, conn, tail).await
+                forward(pool, req, stripped, conn, tail, self.tunnel_idle).await
             }
         }
     }
@@ -163,11 +167,16 @@ impl Proxy {
 /// 5. Forward to the route's pool.
 async fn forward(
     pool: &Pool,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     stripped: Option<String>,
     conn: &ConnInfo,
     tail: &mut LogTail,
+    tunnel_idle: Duration,
 ) -> Result<Response<Body>, ProxyError> {
+    // An Upgrade request (WebSocket and the like, HTTP/1.1 only) keeps its upgrade headers
+    // and, once the app answers 101, becomes a tunnel between the two connections.
+    let upgrade = upgrade_protocol(&req);
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // The host the request was routed by: :authority on HTTP/2 and absolute-form targets
     // (request_host made sure a Host header agrees or is ignored), else Host as the client sent it.
@@ -182,22 +191,128 @@ async fn forward(
     }
     parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
     parts.version = Version::HTTP_11;
+    if let (Some(protocol), Some(client_side)) = (upgrade, client_side) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+        let req = Request::from_parts(parts, ReqBody::Client(body));
+        let (mut resp, upstream_conn, upstream) = pool
+            .upgrade(req, conn.peer.ip())
+            .await
+            .map_err(noted(tail))?;
+        tail.upstream = Some(upstream);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(p) = protocol {
+                parts.headers.insert(header::UPGRADE, p);
+            }
+            tokio::spawn(tunnel(
+                client_side,
+                upstream_side,
+                upstream_conn,
+                tunnel_idle,
+            ));
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
+        // the app declined the upgrade: an ordinary response
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(
+            parts,
+            Body::Upstream {
+                body: UpstreamBody::new(body, upstream_conn, pool.read_timeout(), None),
+            },
+        ));
+    }
     let sent = pool
         .send(Request::from_parts(parts, body), conn.peer.ip())
         .await
-        .map_err(|(e, upstream)| {
-            tail.upstream = Some(upstream);
-            e
-        })?;
+        .map_err(noted(tail))?;
     tail.upstream = Some(sent.upstream);
     let (mut parts, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
         Body::Upstream {
-            body: UpstreamBody::new(body, sent.conn, pool.read_timeout(), sent.in_flight),
+            body: UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight)),
         },
     ))
+}
+
+/// Records which upstream a failed attempt was for, then passes the error on.
+fn noted(tail: &mut LogTail) -> impl FnOnce((ProxyError, Arc<str>)) -> ProxyError + '_ {
+    move |(e, upstream)| {
+        tail.upstream = Some(upstream);
+        e
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes
+/// or nothing moves for `idle`.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    conn: PooledConn,
+    idle: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (c, u) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut c, mut u) = (
+        hyper_util::rt::TokioIo::new(c),
+        hyper_util::rt::TokioIo::new(u),
+    );
+    let (mut from_client, mut from_upstream) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let idle_for = tokio::time::sleep(idle);
+    tokio::pin!(idle_for);
+    loop {
+        tokio::select! {
+            r = c.read(&mut from_client) => match r {
+                Ok(n) if n > 0 && u.write_all(&from_client[..n]).await.is_ok() => {}
+                _ => break,
+            },
+            r = u.read(&mut from_upstream) => match r {
+                Ok(n) if n > 0 && c.write_all(&from_upstream[..n]).await.is_ok() => {}
+                _ => break,
+            },
+            _ = idle_for.as_mut() => {
+                tracing::debug!(?idle, "closing an idle tunnel");
+                break;
+            }
+        }
+        idle_for.as_mut().reset(tokio::time::Instant::now() + idle);
+    }
+    let _ = c.shutdown().await;
+    let _ = u.shutdown().await;
+    drop(conn);
 }
 
 /// The origin-form URI sent upstream: the path (minus the route prefix if it strips) and query.

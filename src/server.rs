@@ -257,6 +257,7 @@ pub async fn start_with_log(
         https_addr.map(|a| a.port()),
         log.clone(),
         challenges.clone(),
+        config.timeouts.client_idle,
     );
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -484,7 +485,8 @@ where
             async move { Ok::<_, std::convert::Infallible>(shared.proxy.handle(req, info).await) }
         })
     };
-    let conn = shared.builder.serve_connection(io, svc);
+    // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
+    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     // The connection's state (and with it the rule that applies) changes between wake-ups, so
     // the watcher never sleeps longer than the shortest limit.

@@ -517,16 +517,54 @@ impl Pool {
     }
 
     async fn connect(&self, member: &Arc<Member>) -> Result<PooledConn, ProxyError> {
+        self.open(member, false).await
+    }
+
+    /// Sends an `Upgrade` request (WebSocket and the like) on a connection of its own, which
+    /// is never pooled: after a 101 it belongs to the tunnel. Returns the response, the
+    /// connection (keep it until the tunnel ends) and the member's label.
+    pub async fn upgrade(
+        &self,
+        req: Request<ReqBody>,
+        client: IpAddr,
+    ) -> Result<(Response<Incoming>, PooledConn, Arc<str>), (ProxyError, Arc<str>)> {
+        let i = self.pick(req.headers(), client, 0);
+        let member = &self.members[i];
+        let fail = |e| (e, member.label.clone());
+        let mut conn = match self.open(member, true).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed(member);
+                return Err(fail(e));
+            }
+        };
+        let response = tokio::time::timeout(self.response_timeout, conn.sender.send_request(req))
+            .await
+            .map_err(|_| {
+                fail(ProxyError::UpstreamTimeout {
+                    addr: member.label.to_string(),
+                })
+            })?
+            .map_err(|source| {
+                fail(ProxyError::UpstreamProtocol {
+                    addr: member.label.to_string(),
+                    source,
+                })
+            })?;
+        Ok((response, conn, member.label.clone()))
+    }
+
+    async fn open(&self, member: &Arc<Member>, upgrades: bool) -> Result<PooledConn, ProxyError> {
         let label = || member.label.to_string();
         let connecting = async {
             match &member.addr {
                 UpstreamAddr::Tcp { host, port } => {
                     let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                     tcp.set_nodelay(true)?;
-                    handshake(tcp).await
+                    handshake(tcp, upgrades).await
                 }
                 UpstreamAddr::Unix(path) => {
-                    handshake(tokio::net::UnixStream::connect(path).await?).await
+                    handshake(tokio::net::UnixStream::connect(path).await?, upgrades).await
                 }
             }
         };
@@ -544,7 +582,7 @@ impl Pool {
     }
 }
 
-async fn handshake<T>(io: T) -> std::io::Result<SendRequest<ReqBody>>
+async fn handshake<T>(io: T, upgrades: bool) -> std::io::Result<SendRequest<ReqBody>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -553,7 +591,12 @@ where
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let result = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });

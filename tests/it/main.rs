@@ -11,3 +11,4 @@ mod routing;
 mod shutdown;
 mod static_files;
 mod tls;
+mod upgrade;

@@ -159,11 +159,34 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let (name, seen) = (name.clone(), seen.clone());
         let nth = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let health = health.clone();
         async move {
+            // an Upgrade request: 101, then echo every byte back until the client closes
+            if let Some(proto) = req.headers().get("upgrade").cloned() {
+                seen.lock().unwrap().push(Seen {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    version: req.version(),
+                    headers: req.headers().clone(),
+                    body: Bytes::new(),
+                });
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    if let Ok(up) = on.await {
+                        let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                });
+                let mut resp = Response::new(http_body_util::Full::new(Bytes::new()).boxed());
+                *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                resp.headers_mut().insert("upgrade", proto);
+                resp.headers_mut()
+                    .insert("connection", http::HeaderValue::from_static("upgrade"));
+                return Ok(resp);
+            }
             // health checks: answered with the status the test set, not counted as traffic
             if req.uri().path() == "/healthz" {
                 let status = health.load(std::sync::atomic::Ordering::Relaxed);
@@ -191,7 +214,7 @@ async fn serve<I>(
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(idle);
     }
-    let _ = builder.serve_connection(io, svc).await;
+    let _ = builder.serve_connection(io, svc).with_upgrades().await;
 }
 
 fn query(uri: &Uri, key: &str) -> Option<u64> {

@@ -1,0 +1,77 @@
+//! Upgrade requests (WebSocket and the like): the 101, then bytes both ways, plain and TLS.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::support::client::{tls_config, Proto};
+use crate::support::{bounded, TestServer, Upstream};
+
+/// Sends an upgrade request on `s`, checks the 101, then checks that bytes come back echoed.
+async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        bounded("101 head", s.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"ping"[..], b"a longer message through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        bounded("echo", s.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+fn config(up: &Upstream) -> String {
+    format!(
+        "[[site]]\nnames = [\"app.test\"]\nhttp_redirect = false\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn upgrade_tunnel_over_plain_http() {
+    let up = Upstream::start("ws").await;
+    let usher = TestServer::start(&config(&up)).await;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    upgrade_and_echo(&mut s).await;
+    // the app got the upgrade headers, which are stripped as hop-by-hop from other requests
+    let seen = &up.seen()[0];
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert_eq!(seen.headers["connection"], "upgrade");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn upgrade_tunnel_over_tls() {
+    let up = Upstream::start("ws").await;
+    let usher = TestServer::start(&config(&up)).await;
+    let connector = tokio_rustls::TlsConnector::from(tls_config(usher.ca(), Proto::H1));
+    let tcp = tokio::net::TcpStream::connect(usher.https()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("app.test").unwrap();
+    let mut s = bounded("tls", connector.connect(name, tcp)).await.unwrap();
+    upgrade_and_echo(&mut s).await;
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    let up = Upstream::start("ws").await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nclient_idle = \"300ms\"\n{}",
+        config(&up)
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    upgrade_and_echo(&mut s).await;
+    // nothing sent: after client_idle usher closes the tunnel (read returns 0)
+    let mut buf = [0u8; 16];
+    let n = bounded("tunnel close", s.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0);
+}
