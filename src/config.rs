@@ -238,6 +238,12 @@ pub struct UpstreamPool {
     pub eject_for: Duration,
     /// Active health checks, when configured.
     pub health: Option<HealthCheck>,
+    /// Most requests in flight to one member at once (`None`: no cap).
+    pub max_conns: Option<u32>,
+    /// Most requests waiting for a member below its cap.
+    pub queue: u32,
+    /// Longest wait in the queue.
+    pub queue_timeout: Duration,
 }
 
 /// Active health checks of a pool's members.

@@ -61,6 +61,9 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    /// Every member is at its `max_conns` and the queue is full, or the wait ran out.
+    #[error("upstream pool busy: {0}")]
+    PoolBusy(&'static str),
     /// The upstream sent no response head within `upstream_response`.
     #[error("upstream {addr} sent no response in time")]
     UpstreamTimeout { addr: String },
@@ -86,6 +89,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::PoolBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,7 +106,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::UpstreamTimeout { .. } => Side::Upstream,
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::PoolBusy(_) => Side::Upstream,
         }
     }
 
@@ -117,6 +122,9 @@ impl ProxyError {
             StatusCode::FORBIDDEN => "403 forbidden\n",
             StatusCode::BAD_GATEWAY => "502 bad gateway: the app could not be reached\n",
             StatusCode::GATEWAY_TIMEOUT => "504 gateway timeout: the app did not answer in time\n",
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "503 service unavailable: the app is busy, retry shortly\n"
+            }
             _ => "500 internal server error\n",
         }
     }

@@ -394,6 +394,11 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // the pool is full right now; a moment later it may not be
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     resp
 }
 

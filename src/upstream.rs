@@ -4,7 +4,7 @@
 //! timeouts learned from `Keep-Alive`, and replay on a dead pooled connection.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool};
@@ -184,6 +185,11 @@ pub struct Pool {
     eject_for: Duration,
     health_clock: Instant,
     health_check: Option<HealthCheck>,
+    /// With `max_conns`: one permit per slot of every member; waiting for one is the queue.
+    capacity: Option<Arc<Semaphore>>,
+    waiting: AtomicUsize,
+    queue: usize,
+    queue_timeout: Duration,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -198,23 +204,37 @@ pub struct Member {
     idle: Mutex<Vec<IdleConn>>,
     load: Load,
     health: Health,
+    /// `max_conns` slots, when capped.
+    slots: Option<Arc<Semaphore>>,
 }
 
 /// Counts a request as in flight on its member until dropped (when the response body is done
-/// or abandoned, or the attempt failed).
+/// or abandoned, or the attempt failed), holding its `max_conns` slots until then.
 #[derive(Debug)]
-pub struct InFlight(Arc<Member>);
+pub struct InFlight {
+    member: Arc<Member>,
+    _slot: Option<OwnedSemaphorePermit>,
+    _pool_slot: Option<Arc<OwnedSemaphorePermit>>,
+}
 
 impl InFlight {
-    fn new(member: &Arc<Member>) -> InFlight {
+    fn new(
+        member: &Arc<Member>,
+        slot: Option<OwnedSemaphorePermit>,
+        pool_slot: Option<Arc<OwnedSemaphorePermit>>,
+    ) -> InFlight {
         member.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(member.clone())
+        InFlight {
+            member: member.clone(),
+            _slot: slot,
+            _pool_slot: pool_slot,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.member.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -283,6 +303,7 @@ impl Pool {
                         idle: Mutex::new(Vec::new()),
                         load: Load::default(),
                         health: Health::default(),
+                        slots: pool.max_conns.map(|n| Arc::new(Semaphore::new(n as usize))),
                     })
                 })
                 .collect(),
@@ -293,6 +314,12 @@ impl Pool {
             eject_for: pool.eject_for,
             health_clock: Instant::now(),
             health_check: pool.health.clone(),
+            capacity: pool
+                .max_conns
+                .map(|n| Arc::new(Semaphore::new(n as usize * pool.members.len()))),
+            waiting: AtomicUsize::new(0),
+            queue: pool.queue as usize,
+            queue_timeout: pool.queue_timeout,
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: timeouts.upstream_idle,
@@ -315,6 +342,11 @@ impl Pool {
         let replayable = body.is_end_stream() && idempotent(&parts.method);
         let mut req = Request::from_parts(parts, ReqBody::Client(body));
         let mut tried: u64 = 0;
+        let pool_slot = self
+            .queue_slot()
+            .await
+            .map_err(|e| (e, Arc::from("-")))?
+            .map(Arc::new);
         let deadline = Instant::now() + self.connect_timeout;
         let mut attempt = 0;
         loop {
@@ -324,7 +356,8 @@ impl Pool {
             tried |= 1 << (i % 64);
             let member = &self.members[i];
             let fail = |e| (e, member.label.clone());
-            let in_flight = InFlight::new(member);
+            let slot = self.member_slot(member).await.map_err(fail)?;
+            let in_flight = InFlight::new(member, slot, pool_slot.clone());
             let started = Instant::now();
             let (mut conn, reused) = match self.checkout(member).await {
                 Some(c) => (c, true),
@@ -387,6 +420,49 @@ impl Pool {
         }
     }
 
+    /// With `max_conns`: a place among all members' slots, waiting in the bounded queue for
+    /// one; `PoolBusy` when the queue is full or the wait runs out.
+    async fn queue_slot(&self) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(cap) = &self.capacity else {
+            return Ok(None);
+        };
+        if let Ok(p) = cap.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::PoolBusy(
+                "every member is at max_conns and the queue is full",
+            ));
+        }
+        tracing::debug!("every member at max_conns: queued");
+        let got = tokio::time::timeout(self.queue_timeout, cap.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(ProxyError::PoolBusy(
+                "waited in the queue for queue_timeout",
+            )),
+        }
+    }
+
+    /// With `max_conns`: one of the chosen member's slots (a pool slot is held, so one frees
+    /// up soon if it is busy; the wait is bounded by the queue timeout all the same).
+    async fn member_slot(
+        &self,
+        member: &Member,
+    ) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(slots) = &member.slots else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(self.queue_timeout, slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(ProxyError::PoolBusy(
+                "waited for a member slot for queue_timeout",
+            )),
+        }
+    }
+
     /// The member for the next attempt: the policy's choice among members not ejected and
     /// not yet tried for this request.
     fn pick(&self, headers: &http::HeaderMap, client: IpAddr, tried: u64) -> usize {
@@ -395,8 +471,12 @@ impl Pool {
         }
         let now = self.health_clock.elapsed();
         let loads: Vec<&Load> = self.members.iter().map(|m| &m.load).collect();
-        let usable =
-            |i: usize| tried & (1 << (i % 64)) == 0 && self.members[i].health.available(now);
+        let usable = |i: usize| {
+            let m = &self.members[i];
+            tried & (1 << (i % 64)) == 0
+                && m.health.available(now)
+                && m.slots.as_ref().is_none_or(|s| s.available_permits() > 0)
+        };
         let i = self
             .balancer
             .pick(&self.weights, &loads, &Key { client, headers }, &usable);

@@ -43,6 +43,9 @@ pub struct RawUpstream {
     pub retries: S<i64>,
     pub eject_after: S<i64>,
     pub eject_for: S<String>,
+    pub max_conns: S<i64>,
+    pub queue: S<i64>,
+    pub queue_timeout: S<String>,
     pub health: S<RawHealth>,
 }
 

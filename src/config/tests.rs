@@ -423,6 +423,10 @@ fn named_upstream_pools() {
         (2, 5, Duration::from_secs(10))
     );
     assert!(pool.health.is_none());
+    assert_eq!(
+        (pool.max_conns, pool.queue, pool.queue_timeout),
+        (None, 1024, Duration::from_secs(10))
+    );
     let c = parse(&format!(
         "[upstream.app]\nmembers = [\"a:1\"]\n[upstream.app.health]\npath = \"/healthz\"\nstatus = \"204\"\n{site}"
     ))
@@ -469,6 +473,16 @@ fn upstream_retry_ejection_and_health_mistakes() {
             "[upstream.app.health]\ninterval = \"1s\"\n",
             "upstream.app.health.path",
             "missing",
+        ),
+        (
+            "max_conns = -2\n",
+            "upstream.app.max_conns",
+            "outside 0..100000",
+        ),
+        (
+            "queue_timeout = \"0s\"\n",
+            "upstream.app.queue_timeout",
+            "zero",
         ),
     ];
     for (extra, key, msg) in cases {

@@ -17,6 +17,12 @@ const DEFAULT_EJECT_AFTER: u32 = 5;
 /// First ejection period.
 const DEFAULT_EJECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Requests that may wait for a member under its cap (HAProxy's queue is unbounded by
+/// default; a bound keeps memory flat under a flood).
+const DEFAULT_QUEUE: u32 = 1024;
+/// Longest wait in the queue.
+const DEFAULT_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Allowed `balance` values, for error messages.
 const POLICIES: &str =
     "\"round_robin\", \"least_requests\", \"peak_ewma\", \"ip_hash\", \"header_hash\", \"cookie\"";
@@ -185,6 +191,16 @@ impl Checker<'_> {
             .health
             .as_ref()
             .map(|h| self.health(&format!("{key}.health"), h));
+        let max_conns = match count(self, &u.max_conns, "max_conns", 0, 100_000) {
+            0 => None,
+            n => Some(n),
+        };
+        let queue = count(self, &u.queue, "queue", DEFAULT_QUEUE, 1_000_000);
+        let queue_timeout = self.duration(
+            &u.queue_timeout,
+            &format!("{key}.queue_timeout"),
+            DEFAULT_QUEUE_TIMEOUT,
+        );
         UpstreamPool {
             members,
             balance,
@@ -192,6 +208,9 @@ impl Checker<'_> {
             eject_after,
             eject_for,
             health,
+            max_conns,
+            queue,
+            queue_timeout,
         }
     }
 
@@ -313,6 +332,9 @@ impl Checker<'_> {
                 }
                 ProxyTarget::Inline(UpstreamPool {
                     health: None,
+                    max_conns: None,
+                    queue: DEFAULT_QUEUE,
+                    queue_timeout: DEFAULT_QUEUE_TIMEOUT,
                     retries: DEFAULT_RETRIES,
                     eject_after: DEFAULT_EJECT_AFTER,
                     eject_for: DEFAULT_EJECT_FOR,

@@ -224,3 +224,64 @@ async fn health_checks_take_members_out_and_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `n` concurrent GETs; returns (status, Retry-After) of each, sorted.
+async fn concurrent(addr: std::net::SocketAddr, n: usize) -> Vec<(u16, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Client::plain(addr, Proto::H1).await;
+                let r = c.get("app.test", "/x").await;
+                (r.status.as_u16(), r.header("retry-after").to_owned())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results.sort();
+    results
+}
+
+/// max_conns: a member never has more requests at once than its cap; extra requests wait in
+/// the bounded queue, and beyond it get 503 with Retry-After.
+#[tokio::test]
+async fn max_conns_queues_and_then_refuses() {
+    // slow enough that all three requests certainly overlap
+    let app = Upstream::start_slow("app", Duration::from_millis(1000)).await;
+    let pool = format!(
+        "[upstream.app]\nmembers = [\"{}\"]\nmax_conns = 1\nqueue = 1\nqueue_timeout = \"5s\"\n",
+        app.addr
+    );
+    let usher = TestServer::start(&site(&pool)).await;
+    let results = concurrent(usher.http, 3).await;
+    // one served at once, one served after waiting in the queue, one refused
+    assert_eq!(
+        results,
+        [
+            (200, String::new()),
+            (200, String::new()),
+            (503, "1".to_owned())
+        ]
+    );
+    assert_eq!(
+        app.peak_concurrency(),
+        1,
+        "the app never had two requests at once"
+    );
+}
+
+/// A queued request that waits longer than queue_timeout gets 503.
+#[tokio::test]
+async fn the_queue_wait_is_bounded() {
+    let app = Upstream::start_slow("app", Duration::from_millis(1500)).await;
+    let pool = format!(
+        "[upstream.app]\nmembers = [\"{}\"]\nmax_conns = 1\nqueue_timeout = \"200ms\"\n",
+        app.addr
+    );
+    let usher = TestServer::start(&site(&pool)).await;
+    // whichever gets the slot is served; the other gives up after 200 ms in the queue
+    let results = concurrent(usher.http, 2).await;
+    assert_eq!(results, [(200, String::new()), (503, "1".to_owned())]);
+}

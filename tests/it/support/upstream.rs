@@ -9,7 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicU16, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ pub struct Upstream {
     pub addr: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     health: Arc<AtomicU16>,
+    concurrency: Arc<[AtomicUsize; 2]>,
     task: JoinHandle<()>,
 }
 
@@ -67,7 +68,13 @@ impl Upstream {
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
-        let (name, log, h) = (Arc::<str>::from(name), seen.clone(), health.clone());
+        let concurrency: Arc<[AtomicUsize; 2]> = Arc::default();
+        let (name, log, h, cc) = (
+            Arc::<str>::from(name),
+            seen.clone(),
+            health.clone(),
+            concurrency.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 tokio::spawn(serve(
@@ -76,6 +83,7 @@ impl Upstream {
                     log.clone(),
                     behaviour,
                     h.clone(),
+                    cc.clone(),
                 ));
             }
         });
@@ -83,6 +91,7 @@ impl Upstream {
             addr,
             seen,
             health,
+            concurrency,
             task,
         }
     }
@@ -92,7 +101,13 @@ impl Upstream {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
-        let (name, log, h) = (Arc::<str>::from(name), seen.clone(), health.clone());
+        let concurrency: Arc<[AtomicUsize; 2]> = Arc::default();
+        let (name, log, h, cc) = (
+            Arc::<str>::from(name),
+            seen.clone(),
+            health.clone(),
+            concurrency.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 tokio::spawn(serve(
@@ -101,6 +116,7 @@ impl Upstream {
                     log.clone(),
                     Behaviour::default(),
                     h.clone(),
+                    cc.clone(),
                 ));
             }
         });
@@ -108,8 +124,14 @@ impl Upstream {
             addr: format!("unix:{}", path.display()),
             seen,
             health,
+            concurrency,
             task,
         }
+    }
+
+    /// The most requests this upstream ever handled at the same time.
+    pub fn peak_concurrency(&self) -> usize {
+        self.concurrency[1].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sets the status `/healthz` answers with.
@@ -155,6 +177,7 @@ async fn serve<I>(
     seen: Arc<Mutex<Vec<Seen>>>,
     behaviour: Behaviour,
     health: Arc<AtomicU16>,
+    concurrency: Arc<[AtomicUsize; 2]>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -163,7 +186,12 @@ async fn serve<I>(
         let (name, seen) = (name.clone(), seen.clone());
         let nth = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let health = health.clone();
+        let cc = concurrency.clone();
         async move {
+            // track how many requests this upstream handles at once, and the most ever
+            let now = cc[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            cc[1].fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            let _done = Decrement(cc.clone());
             // an Upgrade request: 101, then echo every byte back until the client closes
             if let Some(proto) = req.headers().get("upgrade").cloned() {
                 seen.lock().unwrap().push(Seen {
@@ -285,5 +313,14 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
             .body(full(format!("{name} hop")))
             .unwrap(),
         path => Response::new(full(format!("{name} {path}"))),
+    }
+}
+
+/// Lowers the in-progress count when a request's handling ends.
+struct Decrement(Arc<[AtomicUsize; 2]>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0[0].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
