@@ -240,6 +240,8 @@ pub struct UpstreamPool {
     pub health: Option<HealthCheck>,
     /// Most requests in flight to one member at once (`None`: no cap).
     pub max_conns: Option<u32>,
+    /// Idle limit of this pool's connections (`None`: `timeouts.upstream_idle`).
+    pub idle_timeout: Option<Duration>,
     /// Most requests waiting for a member below its cap.
     pub queue: u32,
     /// Longest wait in the queue.

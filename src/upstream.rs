@@ -64,6 +64,20 @@ impl http_body::Body for ReqBody {
     }
 }
 
+/// Margin kept below the idle time an app announces: the request must reach the app before
+/// it closes the connection, with room for a loaded machine.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long the app keeps an idle connection open, from its `Keep-Alive: timeout=N`
+/// (uvicorn and gunicorn send it), less a margin: usher drops the connection first.
+fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("keep-alive")?.to_str().ok()?;
+    let secs: u64 = v
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse().ok())?;
+    Some(Duration::from_secs(secs).saturating_sub(KEEP_ALIVE_MARGIN))
+}
+
 /// Methods a request of which may be sent twice (RFC 9110 section 9.2.2).
 fn idempotent(m: &http::Method) -> bool {
     use http::Method;
@@ -241,7 +255,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 struct IdleConn {
     sender: SendRequest<ReqBody>,
-    since: Instant,
+    /// When this connection is too old to reuse: its own idle limit after it was released.
+    expires: Instant,
 }
 
 /// A connection checked out of a member's pool. Give it back with [`PooledConn::release`] once
@@ -250,6 +265,8 @@ struct IdleConn {
 pub struct PooledConn {
     sender: SendRequest<ReqBody>,
     member: Arc<Member>,
+    /// How long it may sit idle in the pool: the pool's limit, or less when the app said so.
+    idle_limit: Duration,
 }
 
 impl PooledConn {
@@ -262,7 +279,7 @@ impl PooledConn {
         if idle.len() < MAX_IDLE_PER_MEMBER {
             idle.push(IdleConn {
                 sender: self.sender,
-                since: Instant::now(),
+                expires: Instant::now() + self.idle_limit,
             });
         }
     }
@@ -322,7 +339,7 @@ impl Pool {
             queue_timeout: pool.queue_timeout,
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
-            idle_timeout: timeouts.upstream_idle,
+            idle_timeout: pool.idle_timeout.unwrap_or(timeouts.upstream_idle),
         }
     }
 
@@ -382,6 +399,9 @@ impl Pool {
             match sent {
                 Ok(Ok(response)) => {
                     member.load.observe(started.elapsed());
+                    if let Some(app_limit) = keep_alive_timeout(response.headers()) {
+                        conn.idle_limit = conn.idle_limit.min(app_limit);
+                    }
                     if response.status().is_server_error() {
                         self.failed(member);
                     } else {
@@ -563,11 +583,11 @@ impl Pool {
         loop {
             let candidate = {
                 let mut idle = member.idle.lock().unwrap_or_else(|e| e.into_inner());
+                // LIFO: the most recently used is the likeliest still open at the app
                 match idle.pop() {
-                    // LIFO: if the newest is too old, all are.
-                    Some(c) if c.since.elapsed() >= self.idle_timeout => {
-                        idle.clear();
-                        None
+                    Some(c) if c.expires <= Instant::now() => {
+                        drop(idle);
+                        continue;
                     }
                     other => other,
                 }
@@ -580,6 +600,7 @@ impl Pool {
                 return Some(PooledConn {
                     sender,
                     member: member.clone(),
+                    idle_limit: self.idle_timeout,
                 });
             }
             // A connection released right after its response body ended may need a moment for
@@ -589,6 +610,7 @@ impl Pool {
                     return Some(PooledConn {
                         sender,
                         member: member.clone(),
+                        idle_limit: self.idle_timeout,
                     })
                 }
                 _ => continue,
@@ -658,6 +680,7 @@ impl Pool {
         Ok(PooledConn {
             sender,
             member: member.clone(),
+            idle_limit: self.idle_timeout,
         })
     }
 }
@@ -681,4 +704,34 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_timeouts_are_learned_with_a_margin() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(keep_alive_timeout(&h), None);
+        h.insert("keep-alive", "timeout=5, max=100".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), Some(Duration::from_millis(4500)));
+        h.insert("keep-alive", "max=100, timeout=2".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), Some(Duration::from_millis(1500)));
+        // a connection the app keeps less than the margin is not pooled at all
+        h.insert("keep-alive", "timeout=0".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), Some(Duration::ZERO));
+        h.insert("keep-alive", "timeout=soon".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), None);
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"] {
+            assert!(idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH"] {
+            assert!(!idempotent(&m.parse().unwrap()), "{m}");
+        }
+    }
 }

@@ -44,6 +44,7 @@ pub struct RawUpstream {
     pub eject_after: S<i64>,
     pub eject_for: S<String>,
     pub max_conns: S<i64>,
+    pub idle_timeout: S<String>,
     pub queue: S<i64>,
     pub queue_timeout: S<String>,
     pub health: S<RawHealth>,

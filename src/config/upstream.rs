@@ -201,6 +201,13 @@ impl Checker<'_> {
             &format!("{key}.queue_timeout"),
             DEFAULT_QUEUE_TIMEOUT,
         );
+        let idle_timeout = u.idle_timeout.as_ref().map(|_| {
+            self.duration(
+                &u.idle_timeout,
+                &format!("{key}.idle_timeout"),
+                Duration::from_secs(1),
+            )
+        });
         UpstreamPool {
             members,
             balance,
@@ -209,6 +216,7 @@ impl Checker<'_> {
             eject_for,
             health,
             max_conns,
+            idle_timeout,
             queue,
             queue_timeout,
         }
@@ -333,6 +341,7 @@ impl Checker<'_> {
                 ProxyTarget::Inline(UpstreamPool {
                     health: None,
                     max_conns: None,
+                    idle_timeout: None,
                     queue: DEFAULT_QUEUE,
                     queue_timeout: DEFAULT_QUEUE_TIMEOUT,
                     retries: DEFAULT_RETRIES,

@@ -285,3 +285,43 @@ async fn the_queue_wait_is_bounded() {
     let results = concurrent(usher.http, 2).await;
     assert_eq!(results, [(200, String::new()), (503, "1".to_owned())]);
 }
+
+/// An app announcing `Keep-Alive: timeout=1` gets its idle connections dropped by usher
+/// before it drops them (half a second earlier), however long usher's own limit is.
+#[tokio::test]
+async fn the_apps_keep_alive_timeout_is_learned() {
+    let short = Upstream::start_with(
+        "short",
+        Behaviour {
+            keep_alive: Some(1),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let plain = Upstream::start("plain").await;
+    let pools = format!(
+        "[upstream.app]\nmembers = [\"{}\"]\n[upstream.other]\nmembers = [\"{}\"]\n",
+        short.addr, plain.addr
+    );
+    let sites = "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = \"app\"\n[[site.route]]\npath = \"/other/\"\nproxy = \"other\"\n";
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"60s\"\n{pools}{sites}"
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for path in ["/a", "/b", "/other/a", "/other/b"] {
+        assert_eq!(c.get("app.test", path).await.status, 200);
+        // idle longer than the learned limit (1 s - 0.5 s), far shorter than usher's 60 s
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert_eq!(
+        short.connections(),
+        2,
+        "the learned limit retired the idle connection"
+    );
+    assert_eq!(
+        plain.connections(),
+        1,
+        "without the header the connection is kept"
+    );
+}

@@ -38,7 +38,7 @@ pub struct Upstream {
     pub addr: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     health: Arc<AtomicU16>,
-    concurrency: Arc<[AtomicUsize; 2]>,
+    concurrency: Arc<[AtomicUsize; 3]>,
     task: JoinHandle<()>,
 }
 
@@ -68,7 +68,7 @@ impl Upstream {
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
-        let concurrency: Arc<[AtomicUsize; 2]> = Arc::default();
+        let concurrency: Arc<[AtomicUsize; 3]> = Arc::default();
         let (name, log, h, cc) = (
             Arc::<str>::from(name),
             seen.clone(),
@@ -77,6 +77,7 @@ impl Upstream {
         );
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                cc[2].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve(
                     TokioIo::new(tcp),
                     name.clone(),
@@ -101,7 +102,7 @@ impl Upstream {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
-        let concurrency: Arc<[AtomicUsize; 2]> = Arc::default();
+        let concurrency: Arc<[AtomicUsize; 3]> = Arc::default();
         let (name, log, h, cc) = (
             Arc::<str>::from(name),
             seen.clone(),
@@ -127,6 +128,11 @@ impl Upstream {
             concurrency,
             task,
         }
+    }
+
+    /// How many TCP connections this upstream accepted.
+    pub fn connections(&self) -> usize {
+        self.concurrency[2].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The most requests this upstream ever handled at the same time.
@@ -169,6 +175,8 @@ pub struct Behaviour {
     /// Drop a connection, unanswered, when a second request arrives on it: what a proxy sees
     /// when the app closes a kept-alive connection just as the proxy reuses it.
     pub drop_reused: bool,
+    /// Announce `Keep-Alive: timeout=N` on every response, as uvicorn and gunicorn do.
+    pub keep_alive: Option<u64>,
 }
 
 async fn serve<I>(
@@ -177,7 +185,7 @@ async fn serve<I>(
     seen: Arc<Mutex<Vec<Seen>>>,
     behaviour: Behaviour,
     health: Arc<AtomicU16>,
-    concurrency: Arc<[AtomicUsize; 2]>,
+    concurrency: Arc<[AtomicUsize; 3]>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -231,6 +239,10 @@ async fn serve<I>(
             let mut resp = answer(req, &name, &seen).await;
             if let Some(s) = behaviour.status {
                 *resp.status_mut() = http::StatusCode::from_u16(s).unwrap();
+            }
+            if let Some(n) = behaviour.keep_alive {
+                resp.headers_mut()
+                    .insert("keep-alive", format!("timeout={n}").parse().unwrap());
             }
             Ok::<_, &str>(resp)
         }
@@ -317,7 +329,7 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
 }
 
 /// Lowers the in-progress count when a request's handling ends.
-struct Decrement(Arc<[AtomicUsize; 2]>);
+struct Decrement(Arc<[AtomicUsize; 3]>);
 
 impl Drop for Decrement {
     fn drop(&mut self) {
