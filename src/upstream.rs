@@ -64,6 +64,11 @@ impl http_body::Body for ReqBody {
     }
 }
 
+/// A pooled connection idle at least this long may be closing at the app: requests sent on
+/// it keep a copy of their head for a replay. Apps close idle connections after seconds
+/// (gunicorn 2 s, uvicorn 5 s), never within a quarter second of the last response.
+const RACE_IDLE: Duration = Duration::from_millis(250);
+
 /// Margin kept below the idle time an app announces: the request must reach the app before
 /// it closes the connection, with room for a loaded machine.
 const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
@@ -257,6 +262,7 @@ struct IdleConn {
     sender: SendRequest<ReqBody>,
     /// When this connection is too old to reuse: its own idle limit after it was released.
     expires: Instant,
+    released: Instant,
 }
 
 /// A connection checked out of a member's pool. Give it back with [`PooledConn::release`] once
@@ -267,6 +273,8 @@ pub struct PooledConn {
     member: Arc<Member>,
     /// How long it may sit idle in the pool: the pool's limit, or less when the app said so.
     idle_limit: Duration,
+    /// How long it sat idle before this checkout (zero for a new connection).
+    idled: Duration,
 }
 
 impl PooledConn {
@@ -280,6 +288,7 @@ impl PooledConn {
             idle.push(IdleConn {
                 sender: self.sender,
                 expires: Instant::now() + self.idle_limit,
+                released: Instant::now(),
             });
         }
     }
@@ -390,9 +399,13 @@ impl Pool {
                     }
                 },
             };
-            // Keep a copy of a body-less request's head when it goes onto a reused
-            // connection: if the app had closed that connection, it is sent again.
-            let copy = (reused && replayable && retry_left).then(|| head_copy(&req));
+            // Keep a copy of a body-less request's head when it goes onto a connection that
+            // sat idle long enough for the app to be closing it (the keep-alive race): if the
+            // app had closed it, the request is sent again. Hot connections skip the copy,
+            // which costs a header map per request (measured: 0.94x -> 0.85x nginx on
+            // h1_small when taken for every reused connection).
+            let racy = reused && conn.idled >= RACE_IDLE;
+            let copy = (racy && replayable && retry_left).then(|| head_copy(&req));
             let sent =
                 tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
                     .await;
@@ -592,6 +605,7 @@ impl Pool {
                     other => other,
                 }
             }?;
+            let idled = candidate.released.elapsed();
             let mut sender = candidate.sender;
             if sender.is_closed() {
                 continue;
@@ -601,6 +615,7 @@ impl Pool {
                     sender,
                     member: member.clone(),
                     idle_limit: self.idle_timeout,
+                    idled,
                 });
             }
             // A connection released right after its response body ended may need a moment for
@@ -611,6 +626,7 @@ impl Pool {
                         sender,
                         member: member.clone(),
                         idle_limit: self.idle_timeout,
+                        idled,
                     })
                 }
                 _ => continue,
@@ -681,6 +697,7 @@ impl Pool {
             sender,
             member: member.clone(),
             idle_limit: self.idle_timeout,
+            idled: Duration::ZERO,
         })
     }
 }

@@ -170,6 +170,8 @@ async fn a_request_lost_on_a_reused_connection_is_sent_again() {
             200,
             "request {i}"
         );
+        // idle as long as it takes an app to start closing a kept-alive connection
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // every request after the first met a dropped connection first and was answered anyway
     assert_eq!(app.seen().len(), 6);
