@@ -290,3 +290,26 @@ async fn json_access_log() {
     assert!(v["duration_ms"].is_number());
     assert!(v["time"].as_str().unwrap().starts_with("20"));
 }
+
+/// An upstream that answers with something that is not HTTP: 502, no hang, no panic.
+#[tokio::test]
+async fn an_invalid_upstream_response_is_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let junk = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HELLO THIS IS NOT HTTP\r\n\r\n").await;
+        }
+    });
+    let usher = TestServer::start(&plain_site(&[&addr], "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.get("app.test", "/x").await;
+    assert_eq!(r.status, 502);
+    // and the server keeps serving
+    let r = c.get("app.test", "/y").await;
+    assert_eq!(r.status, 502);
+    junk.abort();
+}
