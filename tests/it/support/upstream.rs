@@ -66,6 +66,18 @@ impl Upstream {
     pub async fn start_with(name: &str, behaviour: Behaviour) -> Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        Upstream::launch(name, addr, behaviour, Listener::Tcp(listener))
+    }
+
+    /// Starts on a unix socket at `path`.
+    pub async fn start_unix(name: &str, path: &Path) -> Upstream {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let addr = format!("unix:{}", path.display());
+        Upstream::launch(name, addr, Behaviour::default(), Listener::Unix(listener))
+    }
+
+    /// Accepts on `listener` until dropped, serving each connection with `behaviour`.
+    fn launch(name: &str, addr: String, behaviour: Behaviour, listener: Listener) -> Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
         let concurrency: Arc<[AtomicUsize; 3]> = Arc::default();
@@ -76,10 +88,10 @@ impl Upstream {
             concurrency.clone(),
         );
         let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
+            while let Some(io) = listener.accept().await {
                 cc[2].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve(
-                    TokioIo::new(tcp),
+                    TokioIo::new(io),
                     name.clone(),
                     log.clone(),
                     behaviour,
@@ -90,39 +102,6 @@ impl Upstream {
         });
         Upstream {
             addr,
-            seen,
-            health,
-            concurrency,
-            task,
-        }
-    }
-
-    /// Starts on a unix socket at `path`.
-    pub async fn start_unix(name: &str, path: &Path) -> Upstream {
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let health = Arc::new(AtomicU16::new(200));
-        let concurrency: Arc<[AtomicUsize; 3]> = Arc::default();
-        let (name, log, h, cc) = (
-            Arc::<str>::from(name),
-            seen.clone(),
-            health.clone(),
-            concurrency.clone(),
-        );
-        let task = tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve(
-                    TokioIo::new(s),
-                    name.clone(),
-                    log.clone(),
-                    Behaviour::default(),
-                    h.clone(),
-                    cc.clone(),
-                ));
-            }
-        });
-        Upstream {
-            addr: format!("unix:{}", path.display()),
             seen,
             health,
             concurrency,
@@ -334,5 +313,32 @@ struct Decrement(Arc<[AtomicUsize; 3]>);
 impl Drop for Decrement {
     fn drop(&mut self) {
         self.0[0].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A connection of either listener kind.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The upstream's listening socket.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> Option<Box<dyn Io>> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .ok()
+                .map(|(s, _)| Box::new(s) as Box<dyn Io>),
+            Listener::Unix(l) => l
+                .accept()
+                .await
+                .ok()
+                .map(|(s, _)| Box::new(s) as Box<dyn Io>),
+        }
     }
 }
