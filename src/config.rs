@@ -236,6 +236,10 @@ pub struct UpstreamPool {
     pub eject_after: u32,
     /// First ejection period; doubles with each ejection in a row.
     pub eject_for: Duration,
+    /// Most members ejected at once, as a percentage of the pool (never the last one).
+    pub max_ejected_percent: u32,
+    /// The HTTP version spoken to members.
+    pub protocol: UpstreamProtocol,
     /// Active health checks, when configured.
     pub health: Option<HealthCheck>,
     /// Most requests in flight to one member at once (`None`: no cap).
@@ -246,6 +250,17 @@ pub struct UpstreamPool {
     pub queue: u32,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
+}
+
+/// The HTTP version spoken to a pool's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a pool of keep-alive connections per member (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge, one multiplexed connection per member
+    /// (gRPC-style apps; trailers pass through).
+    H2c,
 }
 
 /// Active health checks of a pool's members.

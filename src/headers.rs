@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The fixed hop-by-hop headers (RFC 9110 section 7.6.1, plus the non-standard ones proxies
-/// are known to leak). `Proxy-*` are handled by prefix.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// are known to leak). `Proxy-*` are handled by prefix. `Trailer` is end to end (RFC 9110
+/// section 6.6.2) and kept: an HTTP/1.1 client only gets the trailers it announces.
+const HOP_BY_HOP: [HeaderName; 5] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -118,7 +118,7 @@ mod tests {
             ("x-other", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
-            ("trailer", "x"),
+            ("trailer", "grpc-status"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
@@ -126,8 +126,9 @@ mod tests {
             ("x-keep", "yes"),
         ]);
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+        assert_eq!(h["trailer"], "grpc-status");
     }
 
     #[test]

@@ -184,7 +184,15 @@ async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
+    // it is passed on only to an HTTP/2 upstream, where it is the one TE value allowed.
+    let te_trailers = pool.speaks_h2() && te_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
     if let Some(h) = &host {
         parts.headers.insert(header::HOST, h.clone());
@@ -252,6 +260,22 @@ fn noted(tail: &mut LogTail) -> impl FnOnce((ProxyError, Arc<str>)) -> ProxyErro
         tail.upstream = Some(upstream);
         e
     }
+}
+
+/// Whether the client's `TE` lists `trailers`.
+fn te_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool};
+use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamProtocol};
 use crate::error::ProxyError;
 
 mod balance;
@@ -64,6 +64,69 @@ impl http_body::Body for ReqBody {
     }
 }
 
+/// One upstream connection's request sender, by protocol.
+#[derive(Debug)]
+enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Sends `req`; a request the connection never took is handed back in the error.
+    async fn try_send(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+
+    async fn send(&mut self, req: Request<ReqBody>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// Turns an origin-form HTTP/1.1 request into its HTTP/2 form: the Host header becomes the
+/// `:authority` of an absolute URI (hyper's HTTP/2 client needs scheme and authority).
+fn into_h2(req: &mut Request<ReqBody>, fallback_host: &str) {
+    let host = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| fallback_host.to_owned());
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if let Ok(uri) = format!("http://{host}{pq}").parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+}
+
 /// A pooled connection idle at least this long may be closing at the app: requests sent on
 /// it keep a copy of their head for a replay. Apps close idle connections after seconds
 /// (gunicorn 2 s, uvicorn 5 s), never within a quarter second of the last response.
@@ -81,6 +144,17 @@ fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
         .split(',')
         .find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse().ok())?;
     Some(Duration::from_secs(secs).saturating_sub(KEEP_ALIVE_MARGIN))
+}
+
+/// How many of `members` may be ejected at once: `percent` of them, rounded down but at least
+/// one when the percentage allows any, and never all of them.
+fn max_ejected(members: usize, percent: u32) -> usize {
+    if percent == 0 {
+        return 0;
+    }
+    (members * percent as usize / 100)
+        .max(1)
+        .min(members.saturating_sub(1))
 }
 
 /// Methods a request of which may be sent twice (RFC 9110 section 9.2.2).
@@ -117,6 +191,8 @@ struct Health {
     consecutive: AtomicU32,
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Set by an ejection, cleared by the first success after it.
+    ejected: AtomicBool,
 }
 
 impl Default for Health {
@@ -128,6 +204,7 @@ impl Default for Health {
             consecutive: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            ejected: AtomicBool::new(false),
         }
     }
 }
@@ -167,10 +244,18 @@ impl Health {
         self.consecutive.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn succeeded(&self) {
-        if self.consecutive.swap(0, Ordering::Relaxed) != 0 {
-            self.ejections.store(0, Ordering::Relaxed);
+    /// Records a success; true when it is the first since an ejection, which ends the
+    /// back-off (the next ejection starts again at the base period).
+    fn succeeded(&self) -> bool {
+        // loads first: the common case, a healthy member, writes nothing shared
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
         }
+        if self.ejected.load(Ordering::Relaxed) && self.ejected.swap(false, Ordering::Relaxed) {
+            self.ejections.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Ejects until `now + base * 2^(ejections so far)` (at most 32x); returns the period.
@@ -180,6 +265,7 @@ impl Health {
         self.ejected_until_ms
             .store((now + period).as_millis() as u64, Ordering::Relaxed);
         self.consecutive.store(0, Ordering::Relaxed);
+        self.ejected.store(true, Ordering::Relaxed);
         period
     }
 }
@@ -209,6 +295,8 @@ pub struct Pool {
     waiting: AtomicUsize,
     queue: usize,
     queue_timeout: Duration,
+    max_ejected_percent: u32,
+    protocol: UpstreamProtocol,
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
@@ -221,6 +309,8 @@ pub struct Member {
     /// `addr` as text, shared with every access-log line that names it.
     label: Arc<str>,
     idle: Mutex<Vec<IdleConn>>,
+    /// With `protocol = "h2c"`: the one multiplexed connection, shared by every request.
+    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
     load: Load,
     health: Health,
     /// `max_conns` slots, when capped.
@@ -259,7 +349,7 @@ impl Drop for InFlight {
 
 #[derive(Debug)]
 struct IdleConn {
-    sender: SendRequest<ReqBody>,
+    sender: http1::SendRequest<ReqBody>,
     /// When this connection is too old to reuse: its own idle limit after it was released.
     expires: Instant,
     released: Instant,
@@ -269,7 +359,7 @@ struct IdleConn {
 /// the response body has been read to its end; dropping it closes the connection.
 #[derive(Debug)]
 pub struct PooledConn {
-    sender: SendRequest<ReqBody>,
+    sender: Sender,
     member: Arc<Member>,
     /// How long it may sit idle in the pool: the pool's limit, or less when the app said so.
     idle_limit: Duration,
@@ -280,13 +370,17 @@ pub struct PooledConn {
 impl PooledConn {
     /// Returns the connection to its member's idle list for reuse.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        // an HTTP/2 connection stays shared in its member; this is just a handle
+        let Sender::H1(sender) = self.sender else {
+            return;
+        };
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.member.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_MEMBER {
             idle.push(IdleConn {
-                sender: self.sender,
+                sender,
                 expires: Instant::now() + self.idle_limit,
                 released: Instant::now(),
             });
@@ -313,6 +407,11 @@ impl Pool {
         self.response_timeout
     }
 
+    /// Whether members are spoken to over HTTP/2 (`protocol = "h2c"`).
+    pub fn speaks_h2(&self) -> bool {
+        self.protocol == UpstreamProtocol::H2c
+    }
+
     /// A pool over `addrs` with the configured timeouts.
     pub fn new(pool: &UpstreamPool, timeouts: &Timeouts) -> Pool {
         let weights: Vec<u32> = pool.members.iter().map(|m| m.weight).collect();
@@ -327,6 +426,7 @@ impl Pool {
                         addr: m.addr.clone(),
                         label: label.as_str().into(),
                         idle: Mutex::new(Vec::new()),
+                        h2: Mutex::new(None),
                         load: Load::default(),
                         health: Health::default(),
                         slots: pool.max_conns.map(|n| Arc::new(Semaphore::new(n as usize))),
@@ -346,6 +446,8 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             queue: pool.queue as usize,
             queue_timeout: pool.queue_timeout,
+            max_ejected_percent: pool.max_ejected_percent,
+            protocol: pool.protocol,
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: pool.idle_timeout.unwrap_or(timeouts.upstream_idle),
@@ -367,6 +469,9 @@ impl Pool {
         let (parts, body) = req.into_parts();
         let replayable = body.is_end_stream() && idempotent(&parts.method);
         let mut req = Request::from_parts(parts, ReqBody::Client(body));
+        if self.protocol == UpstreamProtocol::H2c {
+            into_h2(&mut req, "localhost");
+        }
         let mut tried: u64 = 0;
         let pool_slot = self
             .queue_slot()
@@ -406,9 +511,7 @@ impl Pool {
             // h1_small when taken for every reused connection).
             let racy = reused && conn.idled >= RACE_IDLE;
             let copy = (racy && replayable && retry_left).then(|| head_copy(&req));
-            let sent =
-                tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
-                    .await;
+            let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
             match sent {
                 Ok(Ok(response)) => {
                     member.load.observe(started.elapsed());
@@ -417,8 +520,8 @@ impl Pool {
                     }
                     if response.status().is_server_error() {
                         self.failed(member);
-                    } else {
-                        member.health.succeeded();
+                    } else if member.health.succeeded() {
+                        tracing::info!(upstream = %member.label, "ejected member answered again: back in rotation");
                     }
                     return Ok(Sent {
                         response,
@@ -519,7 +622,7 @@ impl Pool {
 
     /// Records a failure; ejects the member after `eject_after` in a row, for a period that
     /// doubles with every ejection (capped at 32x), unless that would leave no member or
-    /// eject more than half the pool.
+    /// eject more than `max_ejected_percent` of the pool.
     fn failed(&self, member: &Member) {
         let now = self.health_clock.elapsed();
         if self.eject_after == 0 || member.health.failures() + 1 < self.eject_after {
@@ -532,7 +635,7 @@ impl Pool {
             .iter()
             .filter(|m| !m.health.available(now))
             .count();
-        let max = (self.members.len() / 2).max(1).min(self.members.len() - 1);
+        let max = max_ejected(self.members.len(), self.max_ejected_percent);
         if !member.health.available(now) || ejected >= max {
             return;
         }
@@ -581,7 +684,10 @@ impl Pool {
             };
             req.headers_mut()
                 .insert(http::header::HOST, host.parse().ok()?);
-            let resp = conn.sender.send_request(req).await.ok()?;
+            if self.protocol == UpstreamProtocol::H2c {
+                into_h2(&mut req, &host);
+            }
+            let resp = conn.sender.send(req).await.ok()?;
             let s = resp.status().as_u16();
             Some((hc.status.0..=hc.status.1).contains(&s))
         };
@@ -593,6 +699,21 @@ impl Pool {
 
     /// The most recently used idle connection that is still open and fresh.
     async fn checkout(&self, member: &Arc<Member>) -> Option<PooledConn> {
+        if self.protocol == UpstreamProtocol::H2c {
+            let mut shared = member.h2.lock().unwrap_or_else(|e| e.into_inner());
+            return match shared.as_ref() {
+                Some(s) if !s.is_closed() => Some(PooledConn {
+                    sender: Sender::H2(s.clone()),
+                    member: member.clone(),
+                    idle_limit: self.idle_timeout,
+                    idled: Duration::ZERO,
+                }),
+                _ => {
+                    *shared = None;
+                    None
+                }
+            };
+        }
         loop {
             let candidate = {
                 let mut idle = member.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -606,7 +727,7 @@ impl Pool {
                 }
             }?;
             let idled = candidate.released.elapsed();
-            let mut sender = candidate.sender;
+            let mut sender = Sender::H1(candidate.sender);
             if sender.is_closed() {
                 continue;
             }
@@ -656,7 +777,7 @@ impl Pool {
                 return Err(fail(e));
             }
         };
-        let response = tokio::time::timeout(self.response_timeout, conn.sender.send_request(req))
+        let response = tokio::time::timeout(self.response_timeout, conn.sender.send(req))
             .await
             .map_err(|_| {
                 fail(ProxyError::UpstreamTimeout {
@@ -672,17 +793,21 @@ impl Pool {
         Ok((response, conn, member.label.clone()))
     }
 
+    /// A new connection to `member`; for an upgrade always HTTP/1.1 (the Upgrade header is
+    /// HTTP/1.1's), else in the pool's protocol, an HTTP/2 one becoming the member's shared
+    /// connection.
     async fn open(&self, member: &Arc<Member>, upgrades: bool) -> Result<PooledConn, ProxyError> {
         let label = || member.label.to_string();
+        let h2 = self.protocol == UpstreamProtocol::H2c && !upgrades;
         let connecting = async {
             match &member.addr {
                 UpstreamAddr::Tcp { host, port } => {
                     let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                     tcp.set_nodelay(true)?;
-                    handshake(tcp, upgrades).await
+                    handshake(tcp, upgrades, h2).await
                 }
                 UpstreamAddr::Unix(path) => {
-                    handshake(tokio::net::UnixStream::connect(path).await?, upgrades).await
+                    handshake(tokio::net::UnixStream::connect(path).await?, upgrades, h2).await
                 }
             }
         };
@@ -693,6 +818,9 @@ impl Pool {
                 addr: label(),
                 source,
             })?;
+        if let Sender::H2(s) = &sender {
+            *member.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+        }
         Ok(PooledConn {
             sender,
             member: member.clone(),
@@ -702,10 +830,23 @@ impl Pool {
     }
 }
 
-async fn handshake<T>(io: T, upgrades: bool) -> std::io::Result<SendRequest<ReqBody>>
+async fn handshake<T>(io: T, upgrades: bool, h2: bool) -> std::io::Result<Sender>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    if h2 {
+        let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -720,7 +861,7 @@ where
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }
 
 #[cfg(test)]
@@ -740,6 +881,32 @@ mod tests {
         assert_eq!(keep_alive_timeout(&h), Some(Duration::ZERO));
         h.insert("keep-alive", "timeout=soon".parse().unwrap());
         assert_eq!(keep_alive_timeout(&h), None);
+    }
+
+    #[test]
+    fn ejection_caps_leave_a_member_and_respect_the_share() {
+        assert_eq!(max_ejected(1, 100), 0);
+        assert_eq!(max_ejected(2, 50), 1);
+        assert_eq!(max_ejected(3, 50), 1);
+        assert_eq!(max_ejected(4, 50), 2);
+        assert_eq!(max_ejected(3, 100), 2);
+        assert_eq!(max_ejected(10, 10), 1);
+        assert_eq!(max_ejected(3, 10), 1);
+        assert_eq!(max_ejected(5, 0), 0);
+    }
+
+    #[test]
+    fn back_off_restarts_after_a_success() {
+        let h = Health::default();
+        let base = Duration::from_secs(1);
+        assert_eq!(h.eject(Duration::ZERO, base), base);
+        assert_eq!(h.eject(Duration::ZERO, base), base * 2);
+        assert!(
+            h.succeeded(),
+            "the first success after an ejection is reported"
+        );
+        assert!(!h.succeeded());
+        assert_eq!(h.eject(Duration::ZERO, base), base);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct RawUpstream {
     pub retries: S<i64>,
     pub eject_after: S<i64>,
     pub eject_for: S<String>,
+    pub max_ejected_percent: S<i64>,
+    pub protocol: S<String>,
     pub max_conns: S<i64>,
     pub idle_timeout: S<String>,
     pub queue: S<i64>,

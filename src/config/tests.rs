@@ -424,6 +424,10 @@ fn named_upstream_pools() {
     );
     assert!(pool.health.is_none());
     assert_eq!(
+        (pool.max_ejected_percent, pool.protocol),
+        (50, crate::config::UpstreamProtocol::Http1)
+    );
+    assert_eq!(
         (pool.max_conns, pool.queue, pool.queue_timeout),
         (None, 1024, Duration::from_secs(10))
     );
@@ -483,6 +487,16 @@ fn upstream_retry_ejection_and_health_mistakes() {
             "queue_timeout = \"0s\"\n",
             "upstream.app.queue_timeout",
             "zero",
+        ),
+        (
+            "max_ejected_percent = 101\n",
+            "upstream.app.max_ejected_percent",
+            "outside 0..100",
+        ),
+        (
+            "protocol = \"h2\"\n",
+            "upstream.app.protocol",
+            "allowed: \"http1\", \"h2c\"",
         ),
     ];
     for (extra, key, msg) in cases {

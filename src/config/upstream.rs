@@ -8,7 +8,9 @@ use super::check::Checker;
 use std::time::Duration;
 
 use super::raw::{RawHealth, RawMember, RawProxy, RawUpstream};
-use super::{parse_upstream, Balance, HealthCheck, PoolMember, ProxyTarget, UpstreamPool};
+use super::{
+    parse_upstream, Balance, HealthCheck, PoolMember, ProxyTarget, UpstreamPool, UpstreamProtocol,
+};
 
 /// Further attempts on other members, as HAProxy's `retries` and nginx's next-upstream.
 const DEFAULT_RETRIES: u32 = 2;
@@ -16,6 +18,10 @@ const DEFAULT_RETRIES: u32 = 2;
 const DEFAULT_EJECT_AFTER: u32 = 5;
 /// First ejection period.
 const DEFAULT_EJECT_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most of a pool ejected at once (Envoy's max_ejection_percent is 10; with the two or
+/// three members app pools usually have, 10% would never eject anything).
+const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 
 /// Requests that may wait for a member under its cap (HAProxy's queue is unbounded by
 /// default; a bound keeps memory flat under a flood).
@@ -187,6 +193,28 @@ impl Checker<'_> {
             1000,
         );
         let eject_for = self.duration(&u.eject_for, &format!("{key}.eject_for"), DEFAULT_EJECT_FOR);
+        let max_ejected_percent = count(
+            self,
+            &u.max_ejected_percent,
+            "max_ejected_percent",
+            DEFAULT_MAX_EJECTED_PERCENT,
+            100,
+        );
+        let protocol = match &u.protocol {
+            None => UpstreamProtocol::Http1,
+            Some(p) => match p.get_ref().as_str() {
+                "http1" => UpstreamProtocol::Http1,
+                "h2c" => UpstreamProtocol::H2c,
+                other => {
+                    self.issue(
+                        Some(p.span()),
+                        format!("{key}.protocol"),
+                        format!("{other:?} is not a protocol; allowed: \"http1\", \"h2c\""),
+                    );
+                    UpstreamProtocol::Http1
+                }
+            },
+        };
         let health = u
             .health
             .as_ref()
@@ -214,6 +242,8 @@ impl Checker<'_> {
             retries,
             eject_after,
             eject_for,
+            max_ejected_percent,
+            protocol,
             health,
             max_conns,
             idle_timeout,
@@ -347,6 +377,8 @@ impl Checker<'_> {
                     retries: DEFAULT_RETRIES,
                     eject_after: DEFAULT_EJECT_AFTER,
                     eject_for: DEFAULT_EJECT_FOR,
+                    max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+                    protocol: UpstreamProtocol::Http1,
                     members,
                     balance: Balance::RoundRobin,
                 })

@@ -327,3 +327,52 @@ async fn the_apps_keep_alive_timeout_is_learned() {
         "without the header the connection is kept"
     );
 }
+
+/// `protocol = "h2c"`: requests reach the app over HTTP/2 with the host as :authority and
+/// `TE: trailers` kept; the app's trailers (gRPC status) reach an HTTP/2 client, and an
+/// HTTP/1.1 client that asked for them with `TE: trailers` (they come after a chunked body).
+#[tokio::test]
+async fn an_h2c_pool_passes_trailers_through() {
+    let app = Upstream::start_with(
+        "grpc",
+        Behaviour {
+            h2: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let pool = format!(
+        "[upstream.app]\nprotocol = \"h2c\"\nmembers = [\"{}\"]\n",
+        app.addr
+    );
+    let usher = TestServer::start(&site(&pool)).await;
+    let mut h2 = Client::plain(usher.http, Proto::H2).await;
+    let mut req = crate::support::client::get("app.test", "/trailers");
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let r = h2.send(req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "grpc trailers");
+    let t = r.trailers.expect("trailers reach an HTTP/2 client");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["grpc-message"], "all good");
+    let seen = &app.seen()[0];
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.uri.authority().unwrap().as_str(), "app.test");
+    assert_eq!(seen.headers["te"], "trailers");
+
+    let mut h1 = Client::plain(usher.http, Proto::H1).await;
+    let mut req = crate::support::client::get("app.test", "/trailers");
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let r = h1.send(req).await;
+    assert_eq!(r.text(), "grpc trailers");
+    assert_eq!(
+        r.trailers.expect("trailers over chunked HTTP/1.1")["grpc-status"],
+        "0"
+    );
+
+    // many requests share one multiplexed connection
+    for _ in 0..20 {
+        assert_eq!(h1.get("app.test", "/x").await.status, 200);
+    }
+    assert_eq!(app.connections(), 1);
+}

@@ -58,11 +58,11 @@ async fn forwards_path_unchanged_with_forwarded_headers_and_no_hop_by_hop() {
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], "App.test:8080");
     assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.headers["trailer"], "x-t", "Trailer is end to end");
     for hop in [
         "x-drop-me",
         "keep-alive",
         "te",
-        "trailer",
         "upgrade",
         "proxy-authorization",
         "proxy-connection",

@@ -45,6 +45,8 @@ pub struct Resp {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after the body, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Resp {
@@ -146,15 +148,14 @@ impl Client {
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
         let resp = self.send_streaming(req).await.expect("request failed");
         let (parts, body) = resp.into_parts();
-        let body = bounded("response body", body.collect())
-            .await
-            .unwrap()
-            .to_bytes();
+        let collected = bounded("response body", body.collect()).await.unwrap();
+        let trailers = collected.trailers().cloned();
         Resp {
             status: parts.status,
             version: parts.version,
             headers: parts.headers,
-            body,
+            body: collected.to_bytes(),
+            trailers,
         }
     }
 

@@ -4,6 +4,7 @@
 //! - `/stream?chunks=N&ms=M`: N chunks of 16 KiB, M ms apart (a long download);
 //! - `/stall`: one chunk of body, then nothing for an hour;
 //! - `/hop`: a response carrying hop-by-hop headers that must not reach the client;
+//! - `/trailers`: a body followed by gRPC-style trailers (`grpc-status: 0`);
 //! - anything else: 200 `NAME PATH`.
 
 use std::convert::Infallible;
@@ -156,6 +157,8 @@ pub struct Behaviour {
     pub drop_reused: bool,
     /// Announce `Keep-Alive: timeout=N` on every response, as uvicorn and gunicorn do.
     pub keep_alive: Option<u64>,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1, as gRPC servers do.
+    pub h2: bool,
 }
 
 async fn serve<I>(
@@ -226,6 +229,12 @@ async fn serve<I>(
             Ok::<_, &str>(resp)
         }
     });
+    if behaviour.h2 {
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await;
+        return;
+    }
     let mut builder = http1::Builder::new();
     if let Some(idle) = behaviour.idle_close {
         // hyper's header timeout also runs while a connection waits for its next request
@@ -294,6 +303,22 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
                 ))
             });
             Response::new(StreamBody::new(stream).boxed())
+        }
+        "/trailers" => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            trailers.insert("grpc-message", http::HeaderValue::from_static("all good"));
+            let frames = [
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{name} trailers")))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut resp =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            resp.headers_mut().insert(
+                "trailer",
+                http::HeaderValue::from_static("grpc-status, grpc-message"),
+            );
+            resp
         }
         "/hop" => Response::builder()
             .header("connection", "x-hop-named")
