@@ -438,7 +438,7 @@ fn named_upstream_pools() {
     let hc = c.upstreams["app"].health.as_ref().unwrap();
     assert_eq!(
         (hc.status, hc.interval, hc.healthy_after, hc.unhealthy_after),
-        ((204, 204), Duration::from_secs(5), 2, 3)
+        ((204, 204), Duration::from_secs(5), 1, 3)
     );
 }
 

@@ -320,7 +320,8 @@ impl Checker<'_> {
                 }
             },
         };
-        let healthy_after = threshold(&h.healthy_after, "healthy_after", 2);
+        // one pass brings a member back, as in nginx, Caddy and Traefik
+        let healthy_after = threshold(&h.healthy_after, "healthy_after", 1);
         let unhealthy_after = threshold(&h.unhealthy_after, "unhealthy_after", 3);
         HealthCheck {
             path,

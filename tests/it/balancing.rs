@@ -56,6 +56,7 @@ async fn least_requests_sends_less_to_a_slow_member() {
     let total = 8 * 15;
     let share = slow.seen().len();
     assert_eq!(share + f1.seen().len() + f2.seen().len(), total);
+    println!("least_requests: the slow member got {share} of {total} requests");
     // a third would be 40; requests pile up on the slow member, so p2c steers away from it
     assert!(share < total / 6, "slow member got {share} of {total}");
 }

@@ -7,6 +7,7 @@ mod acme;
 mod balancing;
 mod cli;
 mod proxying;
+mod python_apps;
 mod routing;
 mod shutdown;
 mod static_files;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod pebble;
 pub mod process;
+pub mod python;
 pub mod server;
 pub mod upstream;
 
