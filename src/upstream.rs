@@ -23,7 +23,16 @@ use crate::error::ProxyError;
 
 mod balance;
 
-use balance::{Balancer, Key, Load};
+use balance::{Balancer, Key, Load, Loads};
+
+impl Loads for [Arc<Member>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn load(&self, i: usize) -> &Load {
+        &self[i].load
+    }
+}
 
 /// The request body sent upstream: the client's, streamed, or none (a body-less request
 /// sent again).
@@ -625,16 +634,18 @@ impl Pool {
             return 0;
         }
         let now = self.health_clock.elapsed();
-        let loads: Vec<&Load> = self.members.iter().map(|m| &m.load).collect();
         let usable = |i: usize| {
             let m = &self.members[i];
             tried & (1 << (i % 64)) == 0
                 && m.health.available(now)
                 && m.slots.as_ref().is_none_or(|s| s.available_permits() > 0)
         };
-        let i = self
-            .balancer
-            .pick(&self.weights, &loads, &Key { client, headers }, &usable);
+        let i = self.balancer.pick(
+            &self.weights,
+            &self.members[..],
+            &Key { client, headers },
+            &usable,
+        );
         tracing::debug!(upstream = %self.members[i].label, "member chosen");
         i
     }

@@ -128,23 +128,24 @@ impl Balancer {
 
     /// The member to use among `loads` (same order as the weights given to `new`), among
     /// those `usable` says may take traffic; when none may, among all (fail open).
-    pub fn pick(
+    ///
+    /// Allocates nothing: it runs for every request.
+    pub fn pick<L: Loads + ?Sized>(
         &self,
         weights: &[u32],
-        loads: &[&Load],
+        loads: &L,
         key: &Key<'_>,
         usable: &dyn Fn(usize) -> bool,
     ) -> usize {
-        let n = loads.len();
+        let n = loads.count();
         if n == 1 {
             return 0;
         }
         let any_usable = (0..n).any(usable);
         let usable = |i: usize| !any_usable || usable(i);
-        let weights: Vec<u32> = (0..n)
-            .map(|i| if usable(i) { weights[i] } else { 0 })
-            .collect();
-        let weights = weights.as_slice();
+        // an unusable member weighs nothing
+        let weights = |i: usize| if usable(i) { weights[i] } else { 0 };
+        let loads = |i: usize| loads.load(i);
         match self {
             Balancer::RoundRobin { schedule, next } => {
                 for _ in 0..schedule.len() {
@@ -155,13 +156,13 @@ impl Balancer {
                 }
                 0
             }
-            Balancer::LeastRequests => p2c(weights, |i| {
-                loads[i].in_flight.load(Ordering::Relaxed) as f64
+            Balancer::LeastRequests => p2c(n, weights, |i| {
+                loads(i).in_flight.load(Ordering::Relaxed) as f64
             }),
-            Balancer::PeakEwma => p2c(weights, |i| {
+            Balancer::PeakEwma => p2c(n, weights, |i| {
                 // unmeasured members look fast, so they get tried
-                let ewma = loads[i].ewma_us().max(1.0);
-                ewma * (loads[i].in_flight.load(Ordering::Relaxed) + 1) as f64
+                let ewma = loads(i).ewma_us().max(1.0);
+                ewma * (loads(i).in_flight.load(Ordering::Relaxed) + 1) as f64
             }),
             Balancer::Hash { ring, on } => {
                 let h = match on {
@@ -180,7 +181,7 @@ impl Balancer {
                             .unwrap_or(ring[at % ring.len()].1)
                     }
                     // no key (header or cookie absent): any member, by weight
-                    None => weighted_random(weights),
+                    None => weighted_random(n, weights),
                 }
             }
         }
@@ -188,16 +189,16 @@ impl Balancer {
 }
 
 /// Two distinct members drawn by weight; the one with the lower `cost / weight` wins.
-fn p2c(weights: &[u32], cost: impl Fn(usize) -> f64) -> usize {
-    let a = weighted_random(weights);
-    let mut b = weighted_random(weights);
+fn p2c(n: usize, weights: impl Fn(usize) -> u32, cost: impl Fn(usize) -> f64) -> usize {
+    let a = weighted_random(n, &weights);
+    let mut b = weighted_random(n, &weights);
     for _ in 0..4 {
         if b != a {
             break;
         }
-        b = weighted_random(weights);
+        b = weighted_random(n, &weights);
     }
-    let score = |i: usize| cost(i) / f64::from(weights[i].max(1));
+    let score = |i: usize| cost(i) / f64::from(weights(i).max(1));
     if score(b) < score(a) {
         b
     } else {
@@ -205,16 +206,44 @@ fn p2c(weights: &[u32], cost: impl Fn(usize) -> f64) -> usize {
     }
 }
 
-fn weighted_random(weights: &[u32]) -> usize {
-    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+/// A member drawn with probability proportional to its weight (`n` members).
+fn weighted_random(n: usize, weights: impl Fn(usize) -> u32) -> usize {
+    let total: u64 = (0..n).map(|i| u64::from(weights(i))).sum();
     let mut r = random() % total.max(1);
-    for (i, w) in weights.iter().enumerate() {
-        if r < u64::from(*w) {
+    for i in 0..n {
+        let w = u64::from(weights(i));
+        if r < w {
             return i;
         }
-        r -= u64::from(*w);
+        r -= w;
     }
     0
+}
+
+/// The members' load figures, by index, as the pool holds them.
+pub trait Loads {
+    /// How many members.
+    fn count(&self) -> usize;
+    /// Member `i`'s figures.
+    fn load(&self, i: usize) -> &Load;
+}
+
+impl Loads for [&Load] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn load(&self, i: usize) -> &Load {
+        self[i]
+    }
+}
+
+impl<const N: usize> Loads for [&Load; N] {
+    fn count(&self) -> usize {
+        N
+    }
+    fn load(&self, i: usize) -> &Load {
+        self[i]
+    }
 }
 
 /// nginx's smooth weighted round robin, unrolled once: weights 5,1,1 give a,a,b,a,c,a,a.
