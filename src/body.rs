@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
+use crate::buffer::SpooledResponse;
 use crate::upstream::{InFlight, PooledConn};
 
 /// The error type of every response body.
@@ -29,6 +30,8 @@ pin_project! {
         Upstream { body: UpstreamBody },
         /// A static file.
         Static { #[pin] body: ServeFileSystemResponseBody },
+        /// An upstream response read ahead of the client (response buffering).
+        Spooled { body: SpooledResponse },
     }
 }
 
@@ -59,6 +62,7 @@ impl HttpBody for Body {
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Upstream { body } => Pin::new(body).poll_frame(cx),
             BodyProj::Static { body } => body.poll_frame(cx).map_err(Into::into),
+            BodyProj::Spooled { body } => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -67,6 +71,7 @@ impl HttpBody for Body {
             Body::Full { data } => data.is_none(),
             Body::Upstream { body } => body.body.is_end_stream(),
             Body::Static { body } => body.is_end_stream(),
+            Body::Spooled { body } => body.is_end_stream(),
         }
     }
 
@@ -77,6 +82,7 @@ impl HttpBody for Body {
             }
             Body::Upstream { body } => body.body.size_hint(),
             Body::Static { body } => body.size_hint(),
+            Body::Spooled { body } => body.size_hint(),
         }
     }
 }

@@ -40,8 +40,10 @@ pub struct Config {
     pub grace_period: Duration,
     /// Client and upstream timeouts.
     pub timeouts: Timeouts,
-    /// Request header limits.
+    /// Request limits.
     pub limits: Limits,
+    /// Body buffering.
+    pub buffering: Buffering,
     /// Automatic certificates (used by `tls = "acme"` sites).
     pub acme: Acme,
     /// The sites, in file order.
@@ -66,6 +68,16 @@ pub enum AccessLogFormat {
 pub struct Timeouts {
     /// Time for a client to send a complete request head.
     pub client_header: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub client_body: Duration,
+    /// Most time for a whole request body.
+    pub client_body_max: Duration,
+    /// Most time to deliver a whole response body to the client.
+    pub client_send_max: Duration,
+    /// Slowest transfer allowed after the grace period, bytes per second (0: no minimum).
+    pub client_min_rate: u64,
+    /// Time before the minimum rate applies to a body.
+    pub client_min_rate_grace: Duration,
     /// A client connection with no request in flight and no traffic for this long is closed.
     pub client_idle: Duration,
     /// Time for a client to complete the TLS handshake.
@@ -85,6 +97,38 @@ pub struct Limits {
     pub max_header_size: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
+    /// Largest request body a proxied route accepts, unless the route says otherwise (413).
+    pub max_body_size: u64,
+    /// Longest request target (414).
+    pub max_uri_length: usize,
+    /// Most client connections at once (0: no cap).
+    pub max_connections: usize,
+    /// Most client connections at once from one IP address (0: no cap).
+    pub max_connections_per_ip: usize,
+}
+
+/// Where request and response bodies wait while a slow client or app catches up.
+#[derive(Debug, Clone)]
+pub struct Buffering {
+    /// A request body larger than this goes to a temporary file.
+    pub request_memory: usize,
+    /// A response body larger than this goes to a temporary file.
+    pub response_memory: usize,
+    /// Memory all buffers together may use; beyond it, bodies go to disk.
+    pub max_memory: usize,
+    /// Where temporary files go (created already unlinked: nothing is left behind).
+    pub temp_dir: PathBuf,
+}
+
+/// How a proxy route treats bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPolicy {
+    /// Read the whole request body before choosing an upstream member.
+    pub buffer_requests: bool,
+    /// Read the upstream response as fast as it comes, whatever the client's pace.
+    pub buffer_responses: bool,
+    /// Largest request body (413 beyond it).
+    pub max_body_size: u64,
 }
 
 /// One site: a set of host names sharing TLS settings and routes.
@@ -199,6 +243,8 @@ pub struct Route {
     pub path: String,
     /// Remove `path` from the request path before serving or forwarding.
     pub strip_prefix: bool,
+    /// Body buffering and size (proxy routes).
+    pub body: BodyPolicy,
     /// What to do with the request.
     pub action: Action,
 }
@@ -357,6 +403,7 @@ impl Config {
             base: path.parent().map(Path::to_owned).unwrap_or_default(),
             issues: Vec::new(),
             pool_names: Vec::new(),
+            max_body_size: 0,
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,

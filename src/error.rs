@@ -67,6 +67,18 @@ pub enum ProxyError {
     /// The upstream sent no response head within `upstream_response`.
     #[error("upstream {addr} sent no response in time")]
     UpstreamTimeout { addr: String },
+    /// The request body is larger than the route allows.
+    #[error("request body over the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The request target is longer than `max_uri_length`.
+    #[error("request target longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    /// The client was too slow sending its request.
+    #[error("client too slow: {0}")]
+    ClientTimeout(&'static str),
+    /// A body could not be buffered on disk (disk full, temp folder gone).
+    #[error("cannot buffer a body on disk: {0}")]
+    Spool(#[source] io::Error),
 }
 
 impl ProxyError {
@@ -90,6 +102,10 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::PoolBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Spool(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -101,8 +117,11 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::BadRequest(_)
             | ProxyError::Forbidden(_)
-            | ProxyError::NotFound => Side::Client,
-            ProxyError::Static(_) => Side::Usher,
+            | ProxyError::NotFound
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::ClientTimeout(_) => Side::Client,
+            ProxyError::Static(_) | ProxyError::Spool(_) => Side::Usher,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -124,6 +143,12 @@ impl ProxyError {
             StatusCode::GATEWAY_TIMEOUT => "504 gateway timeout: the app did not answer in time\n",
             StatusCode::SERVICE_UNAVAILABLE => {
                 "503 service unavailable: the app is busy, retry shortly\n"
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => "413 content too large\n",
+            StatusCode::URI_TOO_LONG => "414 URI too long\n",
+            StatusCode::REQUEST_TIMEOUT => "408 request timeout: the request arrived too slowly\n",
+            StatusCode::INSUFFICIENT_STORAGE => {
+                "507 insufficient storage: the request could not be buffered\n"
             }
             _ => "500 internal server error\n",
         }

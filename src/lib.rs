@@ -19,6 +19,7 @@
 pub mod access_log;
 pub mod acme;
 pub mod body;
+pub mod buffer;
 pub mod certs;
 pub mod config;
 pub mod error;

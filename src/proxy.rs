@@ -14,11 +14,14 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LogTail};
 use crate::acme::Challenges;
 use crate::body::{Body, Logged, UpstreamBody};
+use crate::buffer::{self, Buffers};
+use crate::config::{BodyPolicy, Config, Timeouts};
 use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
@@ -38,6 +41,11 @@ pub struct Proxy {
     challenges: Arc<Challenges>,
     /// A WebSocket (or other upgraded) tunnel with no traffic for this long is closed.
     tunnel_idle: Duration,
+    /// Request and response buffering.
+    buffers: Arc<Buffers>,
+    /// Client body-phase limits among them.
+    timeouts: Timeouts,
+    max_uri_length: usize,
 }
 
 impl Proxy {
@@ -47,15 +55,23 @@ impl Proxy {
         https_port: Option<u16>,
         log: Option<AccessLog>,
         challenges: Arc<Challenges>,
-        tunnel_idle: Duration,
+        config: &Config,
     ) -> Proxy {
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             https_port: https_port.filter(|p| *p != 443),
             log,
             challenges,
-            tunnel_idle,
+            tunnel_idle: config.timeouts.client_idle,
+            buffers: Buffers::new(config.buffering.clone()),
+            timeouts: config.timeouts.clone(),
+            max_uri_length: config.limits.max_uri_length,
         }
+    }
+
+    /// The body buffers (for their memory figure).
+    pub fn buffers(&self) -> &Arc<Buffers> {
+        &self.buffers
     }
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
@@ -109,6 +125,12 @@ impl Proxy {
             }
         }
         // 2. site and route
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > self.max_uri_length {
+            return Err(ProxyError::UriTooLong {
+                limit: self.max_uri_length,
+            });
+        }
         let routes = self.routes.load_full();
         let host = request_host(&req)?;
         let site_id = routes
@@ -149,7 +171,7 @@ impl Proxy {
                 let stripped = route
                     .strip_prefix
                     .then(|| rest_of_path(route, &path).to_owned());
-                forward(pool, req, stripped, conn, tail, self.tunnel_idle).await
+                forward(self, pool, route.body, req, stripped, conn, tail).await
             }
         }
     }
@@ -164,15 +186,18 @@ impl Proxy {
     }
 }
 
-/// 5. Forward to the route's pool.
+/// Step 5, forward to the route's pool: buffer the request body, rewrite headers, `pool.send`,
+/// buffer the response, rewrite headers, respond.
 async fn forward(
+    proxy: &Proxy,
     pool: &Pool,
+    policy: BodyPolicy,
     mut req: Request<Incoming>,
     stripped: Option<String>,
     conn: &ConnInfo,
     tail: &mut LogTail,
-    tunnel_idle: Duration,
 ) -> Result<Response<Body>, ProxyError> {
+    let tunnel_idle = proxy.tunnel_idle;
     // An Upgrade request (WebSocket and the like, HTTP/1.1 only) keeps its upgrade headers
     // and, once the app answers 101, becomes a tunnel between the two connections.
     let upgrade = upgrade_protocol(&req);
@@ -239,6 +264,7 @@ async fn forward(
             },
         ));
     }
+    let body = request_body(proxy, policy, &mut parts, body).await?;
     let sent = pool
         .send(Request::from_parts(parts, body), conn.peer.ip())
         .await
@@ -246,12 +272,63 @@ async fn forward(
     tail.upstream = Some(sent.upstream);
     let (mut parts, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        Body::Upstream {
-            body: UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight)),
-        },
-    ))
+    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    // Response buffering: read the app's response as fast as it comes, so its connection
+    // and worker are free while a slow client downloads. Never for event streams (each
+    // event must go out as it comes) or bodies already complete.
+    let body = if policy.buffer_responses && !body.is_end_stream() && !is_event_stream(&parts) {
+        Body::Spooled {
+            body: buffer::spool_response(body, &proxy.buffers, &proxy.timeouts),
+        }
+    } else {
+        Body::Upstream { body }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The request body to send upstream. With request buffering (the route's default), the
+/// whole body is read first, under the body-phase timeouts and the size limit, and sent
+/// with a Content-Length (a chunked upload is de-chunked). gRPC requests stream: their
+/// messages may depend on the answers.
+async fn request_body(
+    proxy: &Proxy,
+    policy: BodyPolicy,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+) -> Result<ReqBody, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Empty);
+    }
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > policy.max_body_size)
+    {
+        return Err(ProxyError::BodyTooLarge {
+            limit: policy.max_body_size,
+        });
+    }
+    let grpc = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !policy.buffer_requests || grpc {
+        return Ok(ReqBody::Client(body));
+    }
+    let spooled =
+        buffer::read_request(body, policy.max_body_size, &proxy.buffers, &proxy.timeouts).await?;
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(spooled.len()));
+    Ok(ReqBody::Buffered(spooled.body()))
+}
+
+/// Whether a response is a server-sent event stream.
+fn is_event_stream(parts: &http::response::Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Records which upstream a failed attempt was for, then passes the error on.
@@ -423,6 +500,15 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if matches!(
+        e,
+        ProxyError::BodyTooLarge { .. } | ProxyError::ClientTimeout(_)
+    ) {
+        // the rest of the request body may still be on its way: close rather than read it
+        // (HTTP/2 drops the header and resets just the stream)
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -435,6 +521,11 @@ mod tests {
         RouteEntry {
             path: path.into(),
             strip_prefix: strip,
+            body: BodyPolicy {
+                buffer_requests: true,
+                buffer_responses: true,
+                max_body_size: 1 << 20,
+            },
             action: RouteAction::Redirect {
                 status: StatusCode::FOUND,
                 to: "/".into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::config::{Action, Config, ProxyTarget, TlsMode};
+use crate::config::{Action, BodyPolicy, Config, ProxyTarget, TlsMode};
 use crate::error::ProxyError;
 use crate::static_files::StaticFiles;
 use crate::upstream::Pool;
@@ -43,6 +43,8 @@ pub struct RouteEntry {
     pub path: String,
     /// Remove `path` before serving or forwarding.
     pub strip_prefix: bool,
+    /// Body buffering and size limit (proxy routes).
+    pub body: BodyPolicy,
     /// What it does.
     pub action: RouteAction,
 }
@@ -109,6 +111,7 @@ impl Routes {
                 entries.push(RouteEntry {
                     path: r.path.clone(),
                     strip_prefix: r.strip_prefix,
+                    body: r.body,
                     action,
                 });
             }

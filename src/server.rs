@@ -5,11 +5,12 @@
 //! resolver -> hyper-util's auto builder (HTTP/1.1 with a header read timeout, or HTTP/2) ->
 //! served until the client closes, the idle watcher closes it, or shutdown drains it.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -180,6 +181,67 @@ struct Shared {
     drain: CancellationToken,
     /// Cancelled when the grace period is over: remaining connections are dropped.
     hard_stop: CancellationToken,
+    /// `max_connections` and `max_connections_per_ip`.
+    caps: ConnCaps,
+}
+
+/// Caps on client connections: in all, and per client IP address (0: no cap). Checked once
+/// per connection at accept, never per request.
+#[derive(Debug, Default)]
+struct ConnCaps {
+    total: usize,
+    per_ip: usize,
+    open: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection counted against the caps until dropped.
+struct CapSlot {
+    shared: Arc<Shared>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnCaps {
+    /// A slot for a new connection from `ip`, or `None` when a cap is reached.
+    fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<CapSlot> {
+        let caps = &shared.caps;
+        if caps.total > 0 && caps.open.fetch_add(1, Ordering::Relaxed) >= caps.total {
+            caps.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut slot = CapSlot {
+            shared: shared.clone(),
+            ip: None,
+        };
+        if caps.per_ip > 0 {
+            let mut by_ip = caps.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = by_ip.entry(ip).or_insert(0);
+            if *n >= caps.per_ip {
+                return None; // dropping `slot` gives back the total count
+            }
+            *n += 1;
+            slot.ip = Some(ip);
+        }
+        Some(slot)
+    }
+}
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        let caps = &self.shared.caps;
+        if caps.total > 0 {
+            caps.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(ip) = self.ip {
+            let mut by_ip = caps.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = by_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 /// Starts the server described by `config`, writing the access log to stdout.
@@ -257,7 +319,7 @@ pub async fn start_with_log(
         https_addr.map(|a| a.port()),
         log.clone(),
         challenges.clone(),
-        config.timeouts.client_idle,
+        &config,
     );
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -276,6 +338,11 @@ pub async fn start_with_log(
         },
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
+        caps: ConnCaps {
+            total: config.limits.max_connections,
+            per_ip: config.limits.max_connections_per_ip,
+            ..ConnCaps::default()
+        },
     });
     // Stored ACME certificates are installed before the listeners accept, so those sites
     // serve from the first handshake.
@@ -433,8 +500,24 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = if shared.caps.total > 0 || shared.caps.per_ip > 0 {
+            match ConnCaps::admit(&shared, peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // closed at once, as HAProxy's connection rejects: nothing is read
+                    tracing::debug!(%peer, "connection cap reached: closing");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(serve_tcp(tcp, peer, is_tls, shared.clone()));
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            serve_tcp(tcp, peer, is_tls, shared).await;
+            drop(slot);
+        });
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::SpooledBody;
 use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamProtocol};
 use crate::error::ProxyError;
 
@@ -34,26 +35,41 @@ impl Loads for [Arc<Member>] {
     }
 }
 
-/// The request body sent upstream: the client's, streamed, or none (a body-less request
-/// sent again).
+/// The request body sent upstream: the client's, streamed or buffered, or none.
 #[derive(Debug)]
 pub enum ReqBody {
-    /// The client's body.
+    /// The client's body, streamed as it arrives (buffering off for the route).
     Client(Incoming),
+    /// The client's body, read whole first; it can be sent again.
+    Buffered(SpooledBody),
     /// No body.
     Empty,
 }
 
+impl ReqBody {
+    /// The same body from its start, for sending the request again; `None` for a streamed
+    /// body that is not empty (what was sent of it is gone).
+    fn again(&self) -> Option<ReqBody> {
+        match self {
+            ReqBody::Client(b) if b.is_end_stream() => Some(ReqBody::Empty),
+            ReqBody::Client(_) => None,
+            ReqBody::Buffered(b) => Some(ReqBody::Buffered(b.again())),
+            ReqBody::Empty => Some(ReqBody::Empty),
+        }
+    }
+}
+
 impl http_body::Body for ReqBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ReqBody::Client(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ReqBody::Client(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ReqBody::Buffered(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             ReqBody::Empty => std::task::Poll::Ready(None),
         }
     }
@@ -61,6 +77,7 @@ impl http_body::Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Buffered(b) => b.is_end_stream(),
             ReqBody::Empty => true,
         }
     }
@@ -68,6 +85,7 @@ impl http_body::Body for ReqBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Buffered(b) => b.size_hint(),
             ReqBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }
@@ -180,14 +198,14 @@ fn idempotent(m: &http::Method) -> bool {
     .contains(m)
 }
 
-/// A copy of a body-less request's head, to send again.
-fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
-    let mut copy = Request::new(ReqBody::Empty);
+/// A copy of a request whose body can be sent again (none, or buffered), to send again.
+fn replay_copy(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let mut copy = Request::new(req.body().again()?);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    copy
+    Some(copy)
 }
 
 /// A member's health: the active checks' verdict (up until checks say otherwise) and passive
@@ -480,17 +498,16 @@ impl Pool {
     ///
     /// Retried on another member, at most `retries` times within the connect timeout's
     /// budget: a connect failure (the request never left, whatever its method), and a
-    /// request hyper hands back unsent. A body-less idempotent request is also retried when
-    /// a reused connection fails before any response byte: the app closed it while it sat
-    /// in the pool (gunicorn after 2 s, uvicorn after 5 s).
+    /// request hyper hands back unsent. When the connection fails before any response byte,
+    /// a request whose body can be sent again (none, or buffered) is sent again if its method
+    /// is idempotent, or, whatever its method, if the connection had sat idle in the pool
+    /// (the keep-alive race: the app closed it, so it never saw the request).
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         client: IpAddr,
     ) -> Result<Sent, (ProxyError, Arc<str>)> {
-        let (parts, body) = req.into_parts();
-        let replayable = body.is_end_stream() && idempotent(&parts.method);
-        let mut req = Request::from_parts(parts, ReqBody::Client(body));
+        let idempotent = idempotent(req.method());
         if self.protocol == UpstreamProtocol::H2c {
             into_h2(&mut req, "localhost");
         }
@@ -526,12 +543,16 @@ impl Pool {
                     }
                 },
             };
-            // Keep a copy of a body-less idempotent request's head while a retry is left: if
-            // the connection dies before any response byte (the app closed it as it sat in
-            // the pool, or the app's process died mid-request), the request is sent again,
-            // to another member when there is one. The copy costs a header map per request.
+            // Keep a copy of the request while a retry is left: if the connection dies before
+            // any response byte (the app closed it as it sat in the pool, or the app's
+            // process died mid-request), it is sent again, to another member when there is
+            // one. The copy costs a header map per request; a buffered body is shared.
             let racy = reused && conn.idled >= RACE_IDLE;
-            let copy = (replayable && retry_left).then(|| head_copy(&req));
+            let copy = if (idempotent || racy) && retry_left {
+                replay_copy(&req)
+            } else {
+                None
+            };
             let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
             match sent {
                 Ok(Ok(response)) => {

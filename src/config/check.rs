@@ -21,6 +21,8 @@ pub(super) struct Checker<'a> {
     pub(super) issues: Vec<ConfigIssue>,
     /// Names of the `[upstream.NAME]` pools, for routes that refer to them.
     pub(super) pool_names: Vec<String>,
+    /// `limits.max_body_size`, the default of every proxy route.
+    pub(super) max_body_size: u64,
 }
 
 impl Checker<'_> {
@@ -119,10 +121,41 @@ impl Checker<'_> {
             Duration::from_secs(30),
         );
         let t = &raw.timeouts;
+        let min_rate = t.client_min_rate.as_ref().and_then(|v| {
+            let text = v.get_ref().trim_end_matches("/s");
+            match parse_size(text) {
+                Ok(n) => Some(n),
+                Err(msg) => {
+                    self.issue(Some(v.span()), "timeouts.client_min_rate", msg);
+                    None
+                }
+            }
+        });
         let timeouts = Timeouts {
             client_header: self.duration(
                 &t.client_header,
                 "timeouts.client_header",
+                Duration::from_secs(10),
+            ),
+            client_body: self.duration(
+                &t.client_body,
+                "timeouts.client_body",
+                Duration::from_secs(60),
+            ),
+            client_body_max: self.duration(
+                &t.client_body_max,
+                "timeouts.client_body_max",
+                Duration::from_secs(3600),
+            ),
+            client_send_max: self.duration(
+                &t.client_send_max,
+                "timeouts.client_send_max",
+                Duration::from_secs(3600),
+            ),
+            client_min_rate: min_rate.unwrap_or(512),
+            client_min_rate_grace: self.duration(
+                &t.client_min_rate_grace,
+                "timeouts.client_min_rate_grace",
                 Duration::from_secs(10),
             ),
             client_idle: self.duration(
@@ -154,6 +187,7 @@ impl Checker<'_> {
             ),
         };
         let limits = self.limits(&raw.limits);
+        let buffering = self.buffering(&raw.buffering);
         let upstreams = self.upstreams(&raw.upstreams);
         if raw.sites.is_empty() {
             self.issue(
@@ -196,6 +230,7 @@ impl Checker<'_> {
             upstreams,
             timeouts,
             limits,
+            buffering,
             sites,
         }
     }
@@ -225,9 +260,88 @@ impl Checker<'_> {
                 ),
             }
         }
+        let max_body_size = self
+            .size(&l.max_body_size, "limits.max_body_size", 0, u64::MAX)
+            .unwrap_or(10 << 20);
+        self.max_body_size = max_body_size;
+        let max_uri_length = self
+            .size(&l.max_uri_length, "limits.max_uri_length", 256, 64 << 10)
+            .unwrap_or(8 << 10) as usize;
+        let mut count = |v: &Option<Spanned<i64>>, name: &str| match v {
+            None => 0,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n) if n <= 10_000_000 => n,
+                _ => {
+                    self.issue(
+                        Some(n.span()),
+                        format!("limits.{name}"),
+                        format!("{} is outside 0..10000000 (0: no cap)", n.get_ref()),
+                    );
+                    0
+                }
+            },
+        };
+        let max_connections = count(&l.max_connections, "max_connections");
+        let max_connections_per_ip = count(&l.max_connections_per_ip, "max_connections_per_ip");
         Limits {
             max_header_size,
             max_headers,
+            max_body_size,
+            max_uri_length,
+            max_connections,
+            max_connections_per_ip,
+        }
+    }
+
+    /// A size like "10MiB" within `min..=max` bytes; `None` when absent or wrong (reported).
+    fn size(&mut self, v: &Option<Spanned<String>>, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = v.as_ref()?;
+        match parse_size(v.get_ref()) {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(n) => {
+                self.issue(
+                    Some(v.span()),
+                    key,
+                    format!("{n} bytes is outside the allowed range {min}..{max}"),
+                );
+                None
+            }
+            Err(msg) => {
+                self.issue(Some(v.span()), key, msg);
+                None
+            }
+        }
+    }
+
+    fn buffering(&mut self, b: &raw::RawBuffering) -> Buffering {
+        let request_memory = self
+            .size(&b.request_memory, "buffering.request_memory", 0, 1 << 30)
+            .unwrap_or(64 << 10) as usize;
+        let response_memory = self
+            .size(&b.response_memory, "buffering.response_memory", 0, 1 << 30)
+            .unwrap_or(64 << 10) as usize;
+        let max_memory = self
+            .size(&b.max_memory, "buffering.max_memory", 0, 1 << 40)
+            .unwrap_or(256 << 20) as usize;
+        let temp_dir = match &b.temp_dir {
+            None => std::env::temp_dir(),
+            Some(d) => {
+                let dir = self.path(d.get_ref());
+                if !dir.is_dir() {
+                    self.issue(
+                        Some(d.span()),
+                        "buffering.temp_dir",
+                        format!("{} is not a folder", dir.display()),
+                    );
+                }
+                dir
+            }
+        };
+        Buffering {
+            request_memory,
+            response_memory,
+            max_memory,
+            temp_dir,
         }
     }
 
@@ -500,9 +614,26 @@ impl Checker<'_> {
             }
             Action::Redirect { status, to }
         };
+        let proxy = r.proxy.is_some();
+        self.only_for(key, "buffer_requests", &r.buffer_requests, proxy, "proxy");
+        self.only_for(key, "buffer_responses", &r.buffer_responses, proxy, "proxy");
+        self.only_for(key, "max_body_size", &r.max_body_size, proxy, "proxy");
+        let body = BodyPolicy {
+            buffer_requests: r.buffer_requests.as_ref().is_none_or(|b| *b.get_ref()),
+            buffer_responses: r.buffer_responses.as_ref().is_none_or(|b| *b.get_ref()),
+            max_body_size: self
+                .size(
+                    &r.max_body_size,
+                    &format!("{key}.max_body_size"),
+                    0,
+                    u64::MAX,
+                )
+                .unwrap_or(self.max_body_size),
+        };
         Some(Route {
             path,
             strip_prefix,
+            body,
             action,
         })
     }

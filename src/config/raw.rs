@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub buffering: RawBuffering,
+    #[serde(default)]
     pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
@@ -96,6 +98,11 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub client_header: S<String>,
+    pub client_body: S<String>,
+    pub client_body_max: S<String>,
+    pub client_send_max: S<String>,
+    pub client_min_rate: S<String>,
+    pub client_min_rate_grace: S<String>,
     pub client_idle: S<String>,
     pub tls_handshake: S<String>,
     pub upstream_connect: S<String>,
@@ -109,6 +116,20 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_header_size: S<String>,
     pub max_headers: S<i64>,
+    pub max_body_size: S<String>,
+    pub max_uri_length: S<String>,
+    pub max_connections: S<i64>,
+    pub max_connections_per_ip: S<i64>,
+}
+
+/// `[buffering]`: slow-client buffering of bodies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffering {
+    pub request_memory: S<String>,
+    pub response_memory: S<String>,
+    pub max_memory: S<String>,
+    pub temp_dir: S<String>,
 }
 
 /// `[[site]]`.
@@ -138,6 +159,9 @@ pub struct RawRoute {
     pub proxy: S<RawProxy>,
     pub redirect: S<String>,
     pub status: S<i64>,
+    pub buffer_requests: S<bool>,
+    pub buffer_responses: S<bool>,
+    pub max_body_size: S<String>,
 }
 
 /// `[acme]`: automatic certificates. The issuer keys here describe one issuer; several go in

@@ -562,3 +562,95 @@ fn upstream_pool_mistakes_name_the_key() {
         );
     }
 }
+
+#[test]
+fn buffering_limits_and_body_timeouts() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        (
+            c.buffering.request_memory,
+            c.buffering.response_memory,
+            c.buffering.max_memory
+        ),
+        (64 << 10, 64 << 10, 256 << 20)
+    );
+    assert_eq!(
+        (
+            c.limits.max_body_size,
+            c.limits.max_uri_length,
+            c.limits.max_connections
+        ),
+        (10 << 20, 8 << 10, 0)
+    );
+    assert_eq!(
+        (c.timeouts.client_body, c.timeouts.client_min_rate),
+        (Duration::from_secs(60), 512)
+    );
+    let body = c.sites[0].routes[0].body;
+    assert!(body.buffer_requests && body.buffer_responses);
+    assert_eq!(body.max_body_size, 10 << 20);
+    let c = parse(&format!(
+        "[limits]\nmax_body_size = \"1KiB\"\n[timeouts]\nclient_min_rate = \"2KiB/s\"\n{}",
+        MINIMAL.replace(
+            "proxy = [\"127.0.0.1:8000\"]",
+            "proxy = [\"127.0.0.1:8000\"]\nbuffer_responses = false\nmax_body_size = \"5MiB\""
+        )
+    ))
+    .unwrap();
+    let body = c.sites[0].routes[0].body;
+    assert_eq!(
+        (
+            body.buffer_requests,
+            body.buffer_responses,
+            body.max_body_size
+        ),
+        (true, false, 5 << 20)
+    );
+    assert_eq!(
+        (c.limits.max_body_size, c.timeouts.client_min_rate),
+        (1024, 2048)
+    );
+    let cases = [
+        (
+            "[limits]\nmax_body_size = \"lots\"\n",
+            "limits.max_body_size",
+            "",
+        ),
+        (
+            "[limits]\nmax_uri_length = \"1MiB\"\n",
+            "limits.max_uri_length",
+            "outside",
+        ),
+        (
+            "[limits]\nmax_connections = -1\n",
+            "limits.max_connections",
+            "outside",
+        ),
+        (
+            "[buffering]\ntemp_dir = \"/nonexistent/usher\"\n",
+            "buffering.temp_dir",
+            "not a folder",
+        ),
+        (
+            "[timeouts]\nclient_min_rate = \"fast\"\n",
+            "timeouts.client_min_rate",
+            "",
+        ),
+    ];
+    for (extra, key, msg) in cases {
+        let i = issues(&format!("{extra}{MINIMAL}"));
+        assert!(
+            i.iter().any(|i| i.key == key && i.message.contains(msg)),
+            "{extra}: {i:?}"
+        );
+    }
+    let i = issues(&MINIMAL.replace(
+        "proxy = [\"127.0.0.1:8000\"]",
+        "static = \".\"\nbuffer_requests = false",
+    ));
+    assert!(
+        i.iter().any(|i| i.key.ends_with("buffer_requests")
+            && i.message.contains("only applies to proxy routes")),
+        "{i:?}"
+    );
+}

@@ -5,6 +5,7 @@ mod support;
 
 mod acme;
 mod balancing;
+mod buffering;
 mod cli;
 mod proxying;
 mod python_apps;

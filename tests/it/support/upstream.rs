@@ -39,7 +39,7 @@ pub struct Upstream {
     pub addr: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     health: Arc<AtomicU16>,
-    concurrency: Arc<[AtomicUsize; 3]>,
+    concurrency: Arc<[AtomicUsize; 4]>,
     task: JoinHandle<()>,
 }
 
@@ -81,7 +81,7 @@ impl Upstream {
     fn launch(name: &str, addr: String, behaviour: Behaviour, listener: Listener) -> Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(AtomicU16::new(200));
-        let concurrency: Arc<[AtomicUsize; 3]> = Arc::default();
+        let concurrency: Arc<[AtomicUsize; 4]> = Arc::default();
         let (name, log, h, cc) = (
             Arc::<str>::from(name),
             seen.clone(),
@@ -118,6 +118,11 @@ impl Upstream {
     /// The most requests this upstream ever handled at the same time.
     pub fn peak_concurrency(&self) -> usize {
         self.concurrency[1].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many `/stream` responses were sent to their end.
+    pub fn streams_done(&self) -> usize {
+        self.concurrency[3].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sets the status `/healthz` answers with.
@@ -167,7 +172,7 @@ async fn serve<I>(
     seen: Arc<Mutex<Vec<Seen>>>,
     behaviour: Behaviour,
     health: Arc<AtomicU16>,
-    concurrency: Arc<[AtomicUsize; 3]>,
+    concurrency: Arc<[AtomicUsize; 4]>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -218,7 +223,7 @@ async fn serve<I>(
             if !behaviour.delay.is_zero() {
                 tokio::time::sleep(behaviour.delay).await;
             }
-            let mut resp = answer(req, &name, &seen).await;
+            let mut resp = answer(req, &name, &seen, &cc).await;
             if let Some(s) = behaviour.status {
                 *resp.status_mut() = http::StatusCode::from_u16(s).unwrap();
             }
@@ -251,7 +256,12 @@ fn query(uri: &Uri, key: &str) -> Option<u64> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> Response<Body> {
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    cc: &Arc<[AtomicUsize; 4]>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -277,17 +287,22 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
         "/stream" => {
             let chunks = query(&parts.uri, "chunks").unwrap_or(10);
             let ms = query(&parts.uri, "ms").unwrap_or(50);
-            let stream = futures_util::stream::unfold(0, move |i| async move {
-                if i == chunks {
-                    return None;
+            let cc = cc.clone();
+            let stream = futures_util::stream::unfold(0, move |i| {
+                let cc = cc.clone();
+                async move {
+                    if i == chunks {
+                        cc[3].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))),
+                        i + 1,
+                    ))
                 }
-                if i > 0 {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                }
-                Some((
-                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))),
-                    i + 1,
-                ))
             });
             Response::new(StreamBody::new(stream).boxed())
         }
@@ -333,7 +348,7 @@ async fn answer(req: Request<Incoming>, name: &str, seen: &Mutex<Vec<Seen>>) -> 
 }
 
 /// Lowers the in-progress count when a request's handling ends.
-struct Decrement(Arc<[AtomicUsize; 3]>);
+struct Decrement(Arc<[AtomicUsize; 4]>);
 
 impl Drop for Decrement {
     fn drop(&mut self) {

@@ -1,0 +1,578 @@
+//! Slow-client buffering: usher, not the app, waits for slow clients.
+//!
+//! - A request body is read whole ([`read_request`]) before an upstream member is chosen: in
+//!   memory up to `request_memory`, then in a temporary file. The app gets it at full speed
+//!   with a Content-Length, and a copy can be sent again on a retry ([`Spooled`] is cheap to
+//!   clone).
+//! - A response body is read as fast as the app sends it ([`spool_response`]) into memory up
+//!   to `response_memory`, then a temporary file, so the app's connection (and its worker) is
+//!   free as soon as the response is complete; the client gets it at its own pace.
+//!
+//! Memory all buffers hold together is capped (`max_memory`): past it, bodies go to disk.
+//! Temporary files are created already unlinked, so nothing is left behind, whatever happens
+//! (error, client gone, crash).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::body::{BoxError, UpstreamBody};
+use crate::config::{Buffering, Timeouts};
+use crate::error::ProxyError;
+
+/// Size of one read from a spooled file.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// The buffers' shared settings and the memory they hold right now.
+#[derive(Debug)]
+pub struct Buffers {
+    used: AtomicUsize,
+    settings: Buffering,
+}
+
+impl Buffers {
+    /// Buffers with the configured limits.
+    pub fn new(settings: Buffering) -> Arc<Buffers> {
+        Arc::new(Buffers {
+            used: AtomicUsize::new(0),
+            settings,
+        })
+    }
+
+    /// Bytes of body held in memory by all buffers now.
+    pub fn memory_used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes of the global memory budget, if that many are left.
+    fn reserve(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + n > self.settings.max_memory {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A new temporary file, already unlinked.
+    fn temp_file(&self) -> Result<File, ProxyError> {
+        tempfile::tempfile_in(&self.settings.temp_dir).map_err(ProxyError::Spool)
+    }
+}
+
+/// Memory taken from the budget, given back on drop.
+#[derive(Debug)]
+struct Reservation {
+    buffers: Arc<Buffers>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.buffers.release(self.bytes);
+    }
+}
+
+/// A complete request body held by usher: chunks in memory, or a temporary file.
+#[derive(Debug, Clone)]
+pub struct Spooled(Arc<SpoolData>);
+
+#[derive(Debug)]
+enum SpoolData {
+    Memory {
+        chunks: Vec<Bytes>,
+        len: u64,
+        _reserved: Reservation,
+    },
+    File {
+        file: Arc<File>,
+        len: u64,
+    },
+}
+
+impl Spooled {
+    /// The body's length in bytes.
+    pub fn len(&self) -> u64 {
+        match &*self.0 {
+            SpoolData::Memory { len, .. } | SpoolData::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether it went to disk.
+    pub fn on_disk(&self) -> bool {
+        matches!(&*self.0, SpoolData::File { .. })
+    }
+
+    /// A body that sends it from the start (each call is independent: a retry gets its own).
+    pub fn body(&self) -> SpooledBody {
+        SpooledBody {
+            data: self.clone(),
+            next: 0,
+            read: None,
+        }
+    }
+}
+
+/// What ended a request body read early.
+fn too_large(limit: u64) -> ProxyError {
+    ProxyError::BodyTooLarge { limit }
+}
+
+/// Reads a whole request body under the body-phase limits: no piece for `client_body`
+/// (idle), slower than `client_min_rate` after the grace period, longer than
+/// `client_body_max` in all: 408. More than `max_size` bytes (declared or sent): 413. A
+/// malformed or cut-off body (bad chunk sizes, fewer bytes than declared): 400.
+pub async fn read_request(
+    mut body: Incoming,
+    max_size: u64,
+    buffers: &Arc<Buffers>,
+    timeouts: &Timeouts,
+) -> Result<Spooled, ProxyError> {
+    use http_body_util::BodyExt as _;
+    if let Some(declared) = body.size_hint().exact() {
+        if declared > max_size {
+            return Err(too_large(max_size));
+        }
+    }
+    let start = Instant::now();
+    let ceiling = start + timeouts.client_body_max;
+    let mut last_progress = start;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len: u64 = 0;
+    let mut reserved = Reservation {
+        buffers: buffers.clone(),
+        bytes: 0,
+    };
+    let mut file: Option<File> = None;
+    loop {
+        // wake at the idle limit, the ceiling, or (with a minimum rate) every second to check it
+        let mut deadline = (last_progress + timeouts.client_body).min(ceiling);
+        if timeouts.client_min_rate > 0 {
+            deadline = deadline.min(Instant::now() + Duration::from_secs(1));
+        }
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body unreadable");
+                return Err(ProxyError::BadRequest(
+                    "the request body is malformed or incomplete",
+                ));
+            }
+            Err(_) => {
+                let now = Instant::now();
+                if now >= ceiling {
+                    return Err(ProxyError::ClientTimeout("request body took too long"));
+                }
+                if now >= last_progress + timeouts.client_body {
+                    return Err(ProxyError::ClientTimeout("request body stalled"));
+                }
+                if too_slow(len, start, now, timeouts) {
+                    return Err(ProxyError::ClientTimeout(
+                        "request body below the minimum rate",
+                    ));
+                }
+                continue;
+            }
+        };
+        last_progress = Instant::now();
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers of a request: not forwarded
+        };
+        len += data.len() as u64;
+        if len > max_size {
+            return Err(too_large(max_size));
+        }
+        if too_slow(len, start, Instant::now(), timeouts) {
+            return Err(ProxyError::ClientTimeout(
+                "request body below the minimum rate",
+            ));
+        }
+        match &mut file {
+            Some(f) => write_all(f, &data).await?,
+            None if len as usize <= buffers.settings.request_memory
+                && buffers.reserve(data.len()) =>
+            {
+                reserved.bytes += data.len();
+                chunks.push(data);
+            }
+            None => {
+                // over the per-request or global memory limit: everything to disk
+                let mut f = buffers.temp_file()?;
+                for c in chunks.drain(..) {
+                    write_all(&mut f, &c).await?;
+                }
+                write_all(&mut f, &data).await?;
+                buffers.release(std::mem::take(&mut reserved.bytes));
+                file = Some(f);
+            }
+        }
+    }
+    Ok(Spooled(Arc::new(match file {
+        Some(f) => SpoolData::File {
+            file: Arc::new(f),
+            len,
+        },
+        None => SpoolData::Memory {
+            chunks,
+            len,
+            _reserved: reserved,
+        },
+    })))
+}
+
+/// Whether a body at `len` bytes after `start` is below the minimum rate (after the grace).
+fn too_slow(len: u64, start: Instant, now: Instant, t: &Timeouts) -> bool {
+    let elapsed = now.duration_since(start);
+    t.client_min_rate > 0
+        && elapsed > t.client_min_rate_grace
+        && (len as f64) < t.client_min_rate as f64 * elapsed.as_secs_f64()
+}
+
+/// Appends to a temporary file on the blocking pool; a full disk is a 507.
+async fn write_all(file: &mut File, data: &Bytes) -> Result<(), ProxyError> {
+    let mut f = file.try_clone().map_err(ProxyError::Spool)?;
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || f.write_all(&data))
+        .await
+        .map_err(|e| ProxyError::Spool(std::io::Error::other(e)))?
+        .map_err(ProxyError::Spool)
+}
+
+/// A [`Spooled`] body being sent.
+#[derive(Debug)]
+pub struct SpooledBody {
+    data: Spooled,
+    /// Next chunk index (memory) or byte offset (file).
+    next: u64,
+    read: Option<JoinHandle<std::io::Result<Bytes>>>,
+}
+
+impl SpooledBody {
+    /// The same body from its start.
+    pub fn again(&self) -> SpooledBody {
+        self.data.body()
+    }
+}
+
+impl HttpBody for SpooledBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        match &*this.data.0 {
+            SpoolData::Memory { chunks, .. } => {
+                let chunk = chunks.get(this.next as usize).cloned();
+                this.next += 1;
+                Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+            }
+            SpoolData::File { file, len } => {
+                if this.next >= *len {
+                    return Poll::Ready(None);
+                }
+                let read = this.read.get_or_insert_with(|| {
+                    let (file, at) = (file.clone(), this.next);
+                    let n = FILE_CHUNK.min((*len - at) as usize);
+                    tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        file.read_exact_at(&mut buf, at)?;
+                        Ok(Bytes::from(buf))
+                    })
+                });
+                let got = std::task::ready!(Pin::new(read).poll(cx));
+                this.read = None;
+                let chunk = got.map_err(std::io::Error::other).and_then(|r| r)?;
+                this.next += chunk.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &*self.data.0 {
+            SpoolData::Memory { chunks, .. } => self.next as usize >= chunks.len(),
+            SpoolData::File { len, .. } => self.next >= *len,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.len())
+    }
+}
+
+use std::future::Future as _;
+
+/// What the producer of a spooled response shares with the body the client reads.
+#[derive(Debug, Default)]
+struct Spool {
+    /// Chunks in memory, in order; all of them come before anything in the file.
+    memory: VecDeque<(Bytes, Reservation)>,
+    /// Once set, every later chunk goes to the file.
+    file: Option<Arc<File>>,
+    written: u64,
+    /// The response is complete (with its trailers) or failed.
+    done: Option<Result<Option<HeaderMap>, String>>,
+    /// The app has sent everything (set with `done`, but not taken).
+    complete: bool,
+    client_gone: bool,
+    waker: Option<Waker>,
+}
+
+impl Spool {
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Reads `upstream` to its end on a task of its own, as fast as the app sends it, and
+/// returns the body the client reads at its own pace. The upstream connection goes back to
+/// its pool as soon as the app has sent everything.
+pub fn spool_response(
+    upstream: UpstreamBody,
+    buffers: &Arc<Buffers>,
+    timeouts: &Timeouts,
+) -> SpooledResponse {
+    let shared = Arc::new(Mutex::new(Spool::default()));
+    let producer = shared.clone();
+    let buffers = buffers.clone();
+    tokio::spawn(async move {
+        let result = produce(upstream, &producer, &buffers).await;
+        let mut s = producer.lock().unwrap_or_else(|e| e.into_inner());
+        s.done = Some(result);
+        s.complete = true;
+        s.wake();
+    });
+    SpooledResponse {
+        shared,
+        read_at: 0,
+        read: None,
+        finished: false,
+        limits: SendLimits::new(timeouts),
+    }
+}
+
+/// The response phase's limits: a ceiling on the whole delivery, and a minimum rate once
+/// the app has sent everything (from then on any slowness is the client's own).
+#[derive(Debug)]
+struct SendLimits {
+    max: Duration,
+    rate: u64,
+    grace: Duration,
+    started: Option<Instant>,
+    delivered: u64,
+    /// When the whole response was in usher's hands, and how much had been delivered then.
+    complete_at: Option<(Instant, u64)>,
+}
+
+impl SendLimits {
+    fn new(t: &Timeouts) -> SendLimits {
+        SendLimits {
+            max: t.client_send_max,
+            rate: t.client_min_rate,
+            grace: t.client_min_rate_grace,
+            started: None,
+            delivered: 0,
+            complete_at: None,
+        }
+    }
+
+    /// Counts `n` bytes handed to the client; an error when the client is too slow.
+    fn sent(&mut self, n: usize) -> Result<(), BoxError> {
+        self.delivered += n as u64;
+        let now = Instant::now();
+        let started = *self.started.get_or_insert(now);
+        if now.duration_since(started) > self.max {
+            return Err("response delivery took longer than client_send_max".into());
+        }
+        if let Some((at, before)) = self.complete_at {
+            let elapsed = now.duration_since(at);
+            if self.rate > 0
+                && elapsed > self.grace
+                && ((self.delivered - before) as f64) < self.rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err("client reads the response below client_min_rate".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn produce(
+    mut upstream: UpstreamBody,
+    shared: &Mutex<Spool>,
+    buffers: &Arc<Buffers>,
+) -> Result<Option<HeaderMap>, String> {
+    use http_body_util::BodyExt as _;
+    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+    let mut in_memory = 0usize;
+    loop {
+        let frame = match upstream.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(f)) => f,
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(f) => return Ok(f.into_trailers().ok()),
+        };
+        let file = {
+            let mut s = lock();
+            if s.client_gone {
+                // nobody to deliver to: stop reading; the upstream connection closes
+                return Err("client gone".into());
+            }
+            if s.file.is_none()
+                && in_memory + data.len() <= buffers.settings.response_memory
+                && buffers.reserve(data.len())
+            {
+                in_memory += data.len();
+                let r = Reservation {
+                    buffers: buffers.clone(),
+                    bytes: data.len(),
+                };
+                s.memory.push_back((data, r));
+                s.wake();
+                continue;
+            }
+            if s.file.is_none() {
+                s.file = Some(Arc::new(buffers.temp_file().map_err(|e| e.to_string())?));
+            }
+            (s.file.clone().expect("set above"), s.written)
+        };
+        let (f, at) = file;
+        let n = data.len() as u64;
+        tokio::task::spawn_blocking(move || f.write_all_at(&data, at))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("spooling the response to disk: {e}"))?;
+        let mut s = lock();
+        s.written += n;
+        s.wake();
+    }
+}
+
+/// The client's side of a spooled response.
+#[derive(Debug)]
+pub struct SpooledResponse {
+    shared: Arc<Mutex<Spool>>,
+    read_at: u64,
+    read: Option<JoinHandle<std::io::Result<Bytes>>>,
+    finished: bool,
+    limits: SendLimits,
+}
+
+impl SpooledResponse {
+    /// `chunk` for the client, unless the client has been too slow.
+    fn deliver(&mut self, chunk: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Err(e) = self.limits.sent(chunk.len()) {
+            tracing::debug!(error = %e, "cutting a slow client's response");
+            self.finished = true;
+            return Poll::Ready(Some(Err(e)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+}
+
+impl HttpBody for SpooledResponse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(read) = this.read.as_mut() {
+            let got = std::task::ready!(Pin::new(read).poll(cx));
+            this.read = None;
+            let chunk = got.map_err(std::io::Error::other).and_then(|r| r)?;
+            this.read_at += chunk.len() as u64;
+            return this.deliver(chunk);
+        }
+        let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if s.complete && this.limits.complete_at.is_none() {
+            this.limits.complete_at = Some((Instant::now(), this.limits.delivered));
+        }
+        if let Some((chunk, _reserved)) = s.memory.pop_front() {
+            drop(s);
+            return this.deliver(chunk);
+        }
+        if let Some(file) = s.file.clone() {
+            if this.read_at < s.written {
+                let (at, n) = (
+                    this.read_at,
+                    FILE_CHUNK.min((s.written - this.read_at) as usize),
+                );
+                drop(s);
+                this.read = Some(tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    file.read_exact_at(&mut buf, at)?;
+                    Ok(Bytes::from(buf))
+                }));
+                return self.as_mut().poll_frame(cx);
+            }
+        }
+        match s.done.take() {
+            Some(Ok(trailers)) => {
+                this.finished = true;
+                Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+            }
+            Some(Err(e)) => {
+                this.finished = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for SpooledResponse {
+    fn drop(&mut self) {
+        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.client_gone = true;
+        s.memory.clear();
+    }
+}
