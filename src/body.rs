@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
-use crate::buffer::SpooledResponse;
+use crate::buffer::{HeldResponse, SpooledResponse};
 use crate::upstream::{InFlight, PooledConn};
 
 /// The error type of every response body.
@@ -32,6 +32,8 @@ pin_project! {
         Static { #[pin] body: ServeFileSystemResponseBody },
         /// An upstream response read ahead of the client (response buffering).
         Spooled { body: SpooledResponse },
+        /// A small upstream response read whole (response buffering).
+        Held { body: HeldResponse },
     }
 }
 
@@ -63,6 +65,7 @@ impl HttpBody for Body {
             BodyProj::Upstream { body } => Pin::new(body).poll_frame(cx),
             BodyProj::Static { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::Spooled { body } => Pin::new(body).poll_frame(cx),
+            BodyProj::Held { body } => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -72,6 +75,7 @@ impl HttpBody for Body {
             Body::Upstream { body } => body.body.is_end_stream(),
             Body::Static { body } => body.is_end_stream(),
             Body::Spooled { body } => body.is_end_stream(),
+            Body::Held { body } => body.is_end_stream(),
         }
     }
 
@@ -83,6 +87,7 @@ impl HttpBody for Body {
             Body::Upstream { body } => body.body.size_hint(),
             Body::Static { body } => body.size_hint(),
             Body::Spooled { body } => body.size_hint(),
+            Body::Held { body } => body.size_hint(),
         }
     }
 }
@@ -164,6 +169,10 @@ impl HttpBody for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -26,7 +26,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::body::{BoxError, UpstreamBody};
@@ -50,6 +49,11 @@ impl Buffers {
             used: AtomicUsize::new(0),
             settings,
         })
+    }
+
+    /// The most of one response body kept in memory.
+    pub fn response_memory(&self) -> usize {
+        self.settings.response_memory
     }
 
     /// Bytes of body held in memory by all buffers now.
@@ -139,7 +143,6 @@ impl Spooled {
         SpooledBody {
             data: self.clone(),
             next: 0,
-            read: None,
         }
     }
 }
@@ -220,7 +223,7 @@ pub async fn read_request(
             ));
         }
         match &mut file {
-            Some(f) => write_all(f, &data).await?,
+            Some(f) => write_all(f, &data)?,
             None if len as usize <= buffers.settings.request_memory
                 && buffers.reserve(data.len()) =>
             {
@@ -231,9 +234,9 @@ pub async fn read_request(
                 // over the per-request or global memory limit: everything to disk
                 let mut f = buffers.temp_file()?;
                 for c in chunks.drain(..) {
-                    write_all(&mut f, &c).await?;
+                    write_all(&mut f, &c)?;
                 }
-                write_all(&mut f, &data).await?;
+                write_all(&mut f, &data)?;
                 buffers.release(std::mem::take(&mut reserved.bytes));
                 file = Some(f);
             }
@@ -260,14 +263,18 @@ fn too_slow(len: u64, start: Instant, now: Instant, t: &Timeouts) -> bool {
         && (len as f64) < t.client_min_rate as f64 * elapsed.as_secs_f64()
 }
 
-/// Appends to a temporary file on the blocking pool; a full disk is a 507.
-async fn write_all(file: &mut File, data: &Bytes) -> Result<(), ProxyError> {
-    let mut f = file.try_clone().map_err(ProxyError::Spool)?;
-    let data = data.clone();
-    tokio::task::spawn_blocking(move || f.write_all(&data))
-        .await
-        .map_err(|e| ProxyError::Spool(std::io::Error::other(e)))?
-        .map_err(ProxyError::Spool)
+/// Appends to a temporary file. Written in place, as nginx does with its temp files: a
+/// write of one chunk goes to the page cache in microseconds, far less than a hop to the
+/// blocking pool. A full disk is a 507.
+fn write_all(file: &mut File, data: &Bytes) -> Result<(), ProxyError> {
+    file.write_all(data).map_err(ProxyError::Spool)
+}
+
+/// Reads `n` bytes at `at` from a temporary file (in place, like the writes).
+fn read_at(file: &File, at: u64, n: usize) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, at)?;
+    Ok(Bytes::from(buf))
 }
 
 /// A [`Spooled`] body being sent.
@@ -276,7 +283,6 @@ pub struct SpooledBody {
     data: Spooled,
     /// Next chunk index (memory) or byte offset (file).
     next: u64,
-    read: Option<JoinHandle<std::io::Result<Bytes>>>,
 }
 
 impl SpooledBody {
@@ -292,7 +298,7 @@ impl HttpBody for SpooledBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         match &*this.data.0 {
@@ -305,19 +311,9 @@ impl HttpBody for SpooledBody {
                 if this.next >= *len {
                     return Poll::Ready(None);
                 }
-                let read = this.read.get_or_insert_with(|| {
-                    let (file, at) = (file.clone(), this.next);
-                    let n = FILE_CHUNK.min((*len - at) as usize);
-                    tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; n];
-                        file.read_exact_at(&mut buf, at)?;
-                        Ok(Bytes::from(buf))
-                    })
-                });
-                let got = std::task::ready!(Pin::new(read).poll(cx));
-                this.read = None;
-                let chunk = got.map_err(std::io::Error::other).and_then(|r| r)?;
-                this.next += chunk.len() as u64;
+                let n = FILE_CHUNK.min((*len - this.next) as usize);
+                let chunk = read_at(file, this.next, n)?;
+                this.next += n as u64;
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
         }
@@ -335,16 +331,20 @@ impl HttpBody for SpooledBody {
     }
 }
 
-use std::future::Future as _;
-
 /// What the producer of a spooled response shares with the body the client reads.
 #[derive(Debug, Default)]
 struct Spool {
-    /// Chunks in memory, in order; all of them come before anything in the file.
+    /// Chunks in memory, in order. While `spilling`, later chunks go to the file; the
+    /// client reads the memory first, then the file.
     memory: VecDeque<(Bytes, Reservation)>,
-    /// Once set, every later chunk goes to the file.
-    file: Option<Arc<File>>,
+    /// Bytes in `memory`: a client that keeps up keeps it small, and nothing goes to disk.
+    memory_bytes: usize,
+    /// The temporary file, created at the first spill and reused after.
+    file: Option<File>,
+    spilling: bool,
+    /// Bytes in the file, and how far the client has read them.
     written: u64,
+    read: u64,
     /// The response is complete (with its trailers) or failed.
     done: Option<Result<Option<HeaderMap>, String>>,
     /// The app has sent everything (set with `done`, but not taken).
@@ -358,6 +358,37 @@ impl Spool {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// Takes one chunk from the app.
+    fn push(&mut self, data: Bytes, buffers: &Arc<Buffers>) -> Result<(), String> {
+        if self.spilling && self.memory.is_empty() && self.read == self.written {
+            // the client caught up with the file: back to memory, the file reused from its start
+            self.spilling = false;
+            self.written = 0;
+            self.read = 0;
+        }
+        if !self.spilling
+            && self.memory_bytes + data.len() <= buffers.settings.response_memory
+            && buffers.reserve(data.len())
+        {
+            self.memory_bytes += data.len();
+            let reserved = Reservation {
+                buffers: buffers.clone(),
+                bytes: data.len(),
+            };
+            self.memory.push_back((data, reserved));
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(buffers.temp_file().map_err(|e| e.to_string())?);
+        }
+        let file = self.file.as_ref().expect("created above");
+        file.write_all_at(&data, self.written)
+            .map_err(|e| format!("spooling the response to disk: {e}"))?;
+        self.written += data.len() as u64;
+        self.spilling = true;
+        Ok(())
     }
 }
 
@@ -381,8 +412,6 @@ pub fn spool_response(
     });
     SpooledResponse {
         shared,
-        read_at: 0,
-        read: None,
         finished: false,
         limits: SendLimits::new(timeouts),
     }
@@ -440,8 +469,6 @@ async fn produce(
     buffers: &Arc<Buffers>,
 ) -> Result<Option<HeaderMap>, String> {
     use http_body_util::BodyExt as _;
-    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
-    let mut in_memory = 0usize;
     loop {
         let frame = match upstream.frame().await {
             None => return Ok(None),
@@ -452,38 +479,12 @@ async fn produce(
             Ok(d) => d,
             Err(f) => return Ok(f.into_trailers().ok()),
         };
-        let file = {
-            let mut s = lock();
-            if s.client_gone {
-                // nobody to deliver to: stop reading; the upstream connection closes
-                return Err("client gone".into());
-            }
-            if s.file.is_none()
-                && in_memory + data.len() <= buffers.settings.response_memory
-                && buffers.reserve(data.len())
-            {
-                in_memory += data.len();
-                let r = Reservation {
-                    buffers: buffers.clone(),
-                    bytes: data.len(),
-                };
-                s.memory.push_back((data, r));
-                s.wake();
-                continue;
-            }
-            if s.file.is_none() {
-                s.file = Some(Arc::new(buffers.temp_file().map_err(|e| e.to_string())?));
-            }
-            (s.file.clone().expect("set above"), s.written)
-        };
-        let (f, at) = file;
-        let n = data.len() as u64;
-        tokio::task::spawn_blocking(move || f.write_all_at(&data, at))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("spooling the response to disk: {e}"))?;
-        let mut s = lock();
-        s.written += n;
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if s.client_gone {
+            // nobody to deliver to: stop reading; the upstream connection closes
+            return Err("client gone".into());
+        }
+        s.push(data, buffers)?;
         s.wake();
     }
 }
@@ -492,8 +493,6 @@ async fn produce(
 #[derive(Debug)]
 pub struct SpooledResponse {
     shared: Arc<Mutex<Spool>>,
-    read_at: u64,
-    read: Option<JoinHandle<std::io::Result<Bytes>>>,
     finished: bool,
     limits: SendLimits,
 }
@@ -522,35 +521,22 @@ impl HttpBody for SpooledResponse {
         if this.finished {
             return Poll::Ready(None);
         }
-        if let Some(read) = this.read.as_mut() {
-            let got = std::task::ready!(Pin::new(read).poll(cx));
-            this.read = None;
-            let chunk = got.map_err(std::io::Error::other).and_then(|r| r)?;
-            this.read_at += chunk.len() as u64;
-            return this.deliver(chunk);
-        }
         let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
         if s.complete && this.limits.complete_at.is_none() {
             this.limits.complete_at = Some((Instant::now(), this.limits.delivered));
         }
         if let Some((chunk, _reserved)) = s.memory.pop_front() {
+            s.memory_bytes -= chunk.len();
             drop(s);
             return this.deliver(chunk);
         }
-        if let Some(file) = s.file.clone() {
-            if this.read_at < s.written {
-                let (at, n) = (
-                    this.read_at,
-                    FILE_CHUNK.min((s.written - this.read_at) as usize),
-                );
-                drop(s);
-                this.read = Some(tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, at)?;
-                    Ok(Bytes::from(buf))
-                }));
-                return self.as_mut().poll_frame(cx);
-            }
+        if s.read < s.written {
+            let n = FILE_CHUNK.min((s.written - s.read) as usize);
+            let file = s.file.as_ref().expect("written to");
+            let chunk = read_at(file, s.read, n)?;
+            s.read += n as u64;
+            drop(s);
+            return this.deliver(chunk);
         }
         match s.done.take() {
             Some(Ok(trailers)) => {
@@ -567,6 +553,10 @@ impl HttpBody for SpooledResponse {
             }
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
 }
 
 impl Drop for SpooledResponse {
@@ -574,5 +564,64 @@ impl Drop for SpooledResponse {
         let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         s.client_gone = true;
         s.memory.clear();
+        s.memory_bytes = 0;
+    }
+}
+
+/// A small response read whole before its head is sent (its length was known and within
+/// `response_memory`): no task, no lock, and the app's connection is already free.
+#[derive(Debug)]
+pub struct HeldResponse {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    _reserved: Reservation,
+}
+
+/// Reads a response body of known `len` (at most `response_memory`) whole, taking its
+/// memory from the budget; gives the body back untouched when the budget is spent.
+pub async fn hold_response(
+    upstream: UpstreamBody,
+    len: u64,
+    buffers: &Arc<Buffers>,
+) -> Result<Result<HeldResponse, UpstreamBody>, BoxError> {
+    use http_body_util::BodyExt as _;
+    let len = len as usize;
+    if !buffers.reserve(len) {
+        return Ok(Err(upstream));
+    }
+    let reserved = Reservation {
+        buffers: buffers.clone(),
+        bytes: len,
+    };
+    let collected = upstream.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    Ok(Ok(HeldResponse {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+        _reserved: reserved,
+    }))
+}
+
+impl HttpBody for HeldResponse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }

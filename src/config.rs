@@ -105,6 +105,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most client connections at once from one IP address (0: no cap).
     pub max_connections_per_ip: usize,
+    /// Requests a second allowed per client IP address (0: no limit).
+    pub rate_per_ip: u32,
+    /// Requests one address may send in a burst above the rate.
+    pub rate_burst: u32,
 }
 
 /// Where request and response bodies wait while a slow client or app catches up.

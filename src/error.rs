@@ -76,6 +76,12 @@ pub enum ProxyError {
     /// The client was too slow sending its request.
     #[error("client too slow: {0}")]
     ClientTimeout(&'static str),
+    /// The upstream's response body failed before its head was sent on (response buffering).
+    #[error("upstream response body failed")]
+    UpstreamBody,
+    /// The client's address sent more requests than `rate_per_ip` allows.
+    #[error("rate limit reached; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// A body could not be buffered on disk (disk full, temp folder gone).
     #[error("cannot buffer a body on disk: {0}")]
     Spool(#[source] io::Error),
@@ -95,9 +101,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::Static(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamBody => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -106,6 +112,7 @@ impl ProxyError {
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Spool(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -120,12 +127,14 @@ impl ProxyError {
             | ProxyError::NotFound
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::UriTooLong { .. }
-            | ProxyError::ClientTimeout(_) => Side::Client,
+            | ProxyError::ClientTimeout(_)
+            | ProxyError::RateLimited { .. } => Side::Client,
             ProxyError::Static(_) | ProxyError::Spool(_) => Side::Usher,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamConnectTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamBody
             | ProxyError::PoolBusy(_) => Side::Upstream,
         }
     }
@@ -146,6 +155,7 @@ impl ProxyError {
             }
             StatusCode::PAYLOAD_TOO_LARGE => "413 content too large\n",
             StatusCode::URI_TOO_LONG => "414 URI too long\n",
+            StatusCode::TOO_MANY_REQUESTS => "429 too many requests: slow down\n",
             StatusCode::REQUEST_TIMEOUT => "408 request timeout: the request arrived too slowly\n",
             StatusCode::INSUFFICIENT_STORAGE => {
                 "507 insufficient storage: the request could not be buffered\n"

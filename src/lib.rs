@@ -24,6 +24,7 @@ pub mod certs;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod proxy;
 pub mod routing;
 pub mod server;

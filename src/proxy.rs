@@ -24,6 +24,7 @@ use crate::buffer::{self, Buffers};
 use crate::config::{BodyPolicy, Config, Timeouts};
 use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
+use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
 use crate::upstream::{Pool, PooledConn, ReqBody};
@@ -46,6 +47,8 @@ pub struct Proxy {
     /// Client body-phase limits among them.
     timeouts: Timeouts,
     max_uri_length: usize,
+    /// `rate_per_ip`, when set.
+    rate: Option<RateLimiter>,
 }
 
 impl Proxy {
@@ -66,6 +69,7 @@ impl Proxy {
             buffers: Buffers::new(config.buffering.clone()),
             timeouts: config.timeouts.clone(),
             max_uri_length: config.limits.max_uri_length,
+            rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
         }
     }
 
@@ -123,6 +127,10 @@ impl Proxy {
                 );
                 return Ok(resp);
             }
+        }
+        if let Some(rate) = &self.rate {
+            rate.check(conn.peer.ip())
+                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
         }
         // 2. site and route
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -276,12 +284,28 @@ async fn forward(
     // Response buffering: read the app's response as fast as it comes, so its connection
     // and worker are free while a slow client downloads. Never for event streams (each
     // event must go out as it comes) or bodies already complete.
-    let body = if policy.buffer_responses && !body.is_end_stream() && !is_event_stream(&parts) {
-        Body::Spooled {
+    if !policy.buffer_responses || body.is_end_stream() || is_event_stream(&parts) {
+        return Ok(Response::from_parts(parts, Body::Upstream { body }));
+    }
+    // A small body of known length is read whole right here (the common API response:
+    // no task, no lock); anything else is read ahead on a task of its own.
+    let small = http_body::Body::size_hint(&body)
+        .exact()
+        .filter(|n| *n <= proxy.buffers.response_memory() as u64);
+    let body = match small {
+        Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
+            Ok(Ok(held)) => Body::Held { body: held },
+            Ok(Err(body)) => Body::Spooled {
+                body: buffer::spool_response(body, &proxy.buffers, &proxy.timeouts),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream response body failed");
+                return Err(ProxyError::UpstreamBody);
+            }
+        },
+        None => Body::Spooled {
             body: buffer::spool_response(body, &proxy.buffers, &proxy.timeouts),
-        }
-    } else {
-        Body::Upstream { body }
+        },
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -499,6 +523,10 @@ fn error_response(e: &ProxyError) -> Response<Body> {
         // the pool is full right now; a moment later it may not be
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let ProxyError::RateLimited { retry_after } = e {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
     }
     if matches!(
         e,

@@ -548,7 +548,10 @@ impl Pool {
             // process died mid-request), it is sent again, to another member when there is
             // one. The copy costs a header map per request; a buffered body is shared.
             let racy = reused && conn.idled >= RACE_IDLE;
-            let copy = if (idempotent || racy) && retry_left {
+            // An idempotent request on a hot connection is copied only when another member
+            // could take the retry: with one member, a connection that fails mid-request
+            // means the app itself failed, and a retry would meet the same fate.
+            let copy = if (racy || idempotent && self.members.len() > 1) && retry_left {
                 replay_copy(&req)
             } else {
                 None

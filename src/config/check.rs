@@ -283,6 +283,11 @@ impl Checker<'_> {
         };
         let max_connections = count(&l.max_connections, "max_connections");
         let max_connections_per_ip = count(&l.max_connections_per_ip, "max_connections_per_ip");
+        let rate_per_ip = count(&l.rate_per_ip, "rate_per_ip").min(1_000_000) as u32;
+        let rate_burst = match count(&l.rate_burst, "rate_burst") {
+            0 => rate_per_ip,
+            n => n.min(10_000_000) as u32,
+        };
         Limits {
             max_header_size,
             max_headers,
@@ -290,6 +295,8 @@ impl Checker<'_> {
             max_uri_length,
             max_connections,
             max_connections_per_ip,
+            rate_per_ip,
+            rate_burst,
         }
     }
 

@@ -120,6 +120,8 @@ pub struct RawLimits {
     pub max_uri_length: S<String>,
     pub max_connections: S<i64>,
     pub max_connections_per_ip: S<i64>,
+    pub rate_per_ip: S<i64>,
+    pub rate_burst: S<i64>,
 }
 
 /// `[buffering]`: slow-client buffering of bodies.

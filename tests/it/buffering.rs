@@ -367,3 +367,23 @@ async fn a_response_read_too_slowly_is_cut() {
     assert!(cut < total, "the whole response arrived at 320 KiB/s");
     assert_eq!(app.streams_done(), 1, "the app sent all of it");
 }
+
+/// `rate_per_ip`: past the burst, 429 with Retry-After; other limits unaffected.
+#[tokio::test]
+async fn requests_past_the_rate_get_429_with_retry_after() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(
+        &app,
+        "[limits]\nrate_per_ip = 1\nrate_burst = 3\n",
+        "",
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for i in 0..3 {
+        assert_eq!(c.get("app.test", "/ok").await.status, 200, "request {i}");
+    }
+    let r = c.get("app.test", "/over").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(app.seen().len(), 3);
+}
