@@ -29,6 +29,10 @@ use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
 use crate::upstream::{Pool, PooledConn, ReqBody};
 
+/// Responses up to this size (of known length) are read whole before their head goes out:
+/// small enough that the wait is a single read.
+const HOLD_LIMIT: usize = 64 * 1024;
+
 /// The path prefix reserved for ACME HTTP-01 challenges: never redirected or proxied.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -288,10 +292,11 @@ async fn forward(
         return Ok(Response::from_parts(parts, Body::Upstream { body }));
     }
     // A small body of known length is read whole right here (the common API response:
-    // no task, no lock); anything else is read ahead on a task of its own.
+    // no task, no lock); anything else is read ahead on a task of its own, and flows on to
+    // the client as it comes.
     let small = http_body::Body::size_hint(&body)
         .exact()
-        .filter(|n| *n <= proxy.buffers.response_memory() as u64);
+        .filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
     let body = match small {
         Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
             Ok(Ok(held)) => Body::Held { body: held },

@@ -326,7 +326,7 @@ impl Checker<'_> {
             .unwrap_or(64 << 10) as usize;
         let response_memory = self
             .size(&b.response_memory, "buffering.response_memory", 0, 1 << 30)
-            .unwrap_or(64 << 10) as usize;
+            .unwrap_or(1 << 20) as usize;
         let max_memory = self
             .size(&b.max_memory, "buffering.max_memory", 0, 1 << 40)
             .unwrap_or(256 << 20) as usize;

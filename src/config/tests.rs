@@ -572,7 +572,7 @@ fn buffering_limits_and_body_timeouts() {
             c.buffering.response_memory,
             c.buffering.max_memory
         ),
-        (64 << 10, 64 << 10, 256 << 20)
+        (64 << 10, 1 << 20, 256 << 20)
     );
     assert_eq!(
         (
