@@ -5,11 +5,12 @@
 //!             -> hyper-util auto (HTTP/1.1 + h2, header timeout) -> idle watcher, drain
 //! request:    Proxy::handle -> try_handle:
 //!   1. ACME HTTP-01 challenge?            -> answer it
-//!   2. routes snapshot -> site by Host -> route by longest path prefix
+//!   2. rate limit, target length -> routes snapshot -> site by Host -> route by prefix
 //!   3. plain HTTP on a TLS site?          -> 308 to https
 //!   4. dispatch: static | redirect | forward
-//!   5. forward: rewrite headers -> pool.send (round robin, keep-alive pool)
-//!               -> strip hop-by-hop -> stream the response
+//!   5. forward: rewrite headers -> buffer the request body (buffer.rs)
+//!               -> pool.send (policy, health, caps, retries, keep-alive pool)
+//!               -> strip hop-by-hop -> buffer the response (read ahead of the client)
 //! errors:     ProxyError -> one status table (error.rs) -> short text body + one log line
 //! ```
 //!
