@@ -169,7 +169,9 @@ pub async fn read_request(
         }
     }
     let start = Instant::now();
-    let ceiling = start + timeouts.client_body_max;
+    let ceiling = start
+        .checked_add(timeouts.client_body_max)
+        .unwrap_or(start + Duration::from_secs(86400 * 365));
     let mut last_progress = start;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len: u64 = 0;
@@ -180,7 +182,9 @@ pub async fn read_request(
     let mut file: Option<File> = None;
     loop {
         // wake at the idle limit, the ceiling, or (with a minimum rate) every second to check it
-        let mut deadline = (last_progress + timeouts.client_body).min(ceiling);
+        let mut deadline = last_progress
+            .checked_add(timeouts.client_body)
+            .map_or(ceiling, |d| d.min(ceiling));
         if timeouts.client_min_rate > 0 {
             deadline = deadline.min(Instant::now() + Duration::from_secs(1));
         }
@@ -210,6 +214,9 @@ pub async fn read_request(
             }
         };
         last_progress = Instant::now();
+        if last_progress >= ceiling {
+            return Err(ProxyError::ClientTimeout("request body took too long"));
+        }
         let Ok(data) = frame.into_data() else {
             continue; // trailers of a request: not forwarded
         };
@@ -400,15 +407,12 @@ pub fn spool_response(
     buffers: &Arc<Buffers>,
     timeouts: &Timeouts,
 ) -> SpooledResponse {
-    let shared = Arc::new(Mutex::new(Spool::default()));
-    let producer = shared.clone();
+    let shared = Arc::new(SpoolShared::default());
+    let producer = Finisher(shared.clone());
     let buffers = buffers.clone();
     tokio::spawn(async move {
-        let result = produce(upstream, &producer, &buffers).await;
-        let mut s = producer.lock().unwrap_or_else(|e| e.into_inner());
-        s.done = Some(result);
-        s.complete = true;
-        s.wake();
+        let result = produce(upstream, &producer.0, &buffers).await;
+        producer.finish(result);
     });
     SpooledResponse {
         shared,
@@ -417,14 +421,52 @@ pub fn spool_response(
     }
 }
 
-/// The response phase's limits: a ceiling on the whole delivery, and a minimum rate once
-/// the app has sent everything (from then on any slowness is the client's own).
+/// The spool and the signal the client's side gives the producer: it read from the file
+/// (room again under `max_file_size`), or it went away.
+#[derive(Debug, Default)]
+struct SpoolShared {
+    spool: Mutex<Spool>,
+    progress: tokio::sync::Notify,
+}
+
+impl SpoolShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks the response finished when the producer ends, however it ends (a panic
+/// included), so the client's side never waits for nothing.
+struct Finisher(Arc<SpoolShared>);
+
+impl Finisher {
+    fn finish(self, result: Result<Option<HeaderMap>, String>) {
+        let mut s = self.0.lock();
+        s.done = Some(result);
+        s.complete = true;
+        s.wake();
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        if !s.complete {
+            s.done = Some(Err("the response was abandoned".into()));
+            s.complete = true;
+            s.wake();
+        }
+    }
+}
+
+/// The response phase's limits, counted once the app has sent everything (from then on
+/// any slowness is the client's own, and a long stream from a slow app is not cut): a
+/// ceiling on the rest of the delivery, and a minimum rate after the grace period.
 #[derive(Debug)]
 struct SendLimits {
     max: Duration,
     rate: u64,
     grace: Duration,
-    started: Option<Instant>,
     delivered: u64,
     /// When the whole response was in usher's hands, and how much had been delivered then.
     complete_at: Option<(Instant, u64)>,
@@ -436,7 +478,6 @@ impl SendLimits {
             max: t.client_send_max,
             rate: t.client_min_rate,
             grace: t.client_min_rate_grace,
-            started: None,
             delivered: 0,
             complete_at: None,
         }
@@ -445,13 +486,11 @@ impl SendLimits {
     /// Counts `n` bytes handed to the client; an error when the client is too slow.
     fn sent(&mut self, n: usize) -> Result<(), BoxError> {
         self.delivered += n as u64;
-        let now = Instant::now();
-        let started = *self.started.get_or_insert(now);
-        if now.duration_since(started) > self.max {
-            return Err("response delivery took longer than client_send_max".into());
-        }
         if let Some((at, before)) = self.complete_at {
-            let elapsed = now.duration_since(at);
+            let elapsed = Instant::now().duration_since(at);
+            if elapsed > self.max {
+                return Err("response delivery took longer than client_send_max".into());
+            }
             if self.rate > 0
                 && elapsed > self.grace
                 && ((self.delivered - before) as f64) < self.rate as f64 * elapsed.as_secs_f64()
@@ -465,34 +504,59 @@ impl SendLimits {
 
 async fn produce(
     mut upstream: UpstreamBody,
-    shared: &Mutex<Spool>,
+    shared: &SpoolShared,
     buffers: &Arc<Buffers>,
 ) -> Result<Option<HeaderMap>, String> {
     use http_body_util::BodyExt as _;
+    // nobody to deliver to: stop reading; the upstream connection closes
+    let gone = || Err("client gone".to_owned());
     loop {
-        let frame = match upstream.frame().await {
+        let frame = tokio::select! {
+            f = upstream.frame() => f,
+            // the client's side went away (or read on) while the app was quiet
+            _ = shared.progress.notified() => {
+                if shared.lock().client_gone {
+                    return gone();
+                }
+                continue;
+            }
+        };
+        let data = match frame {
             None => return Ok(None),
             Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(f)) => f,
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(f) => return Ok(f.into_trailers().ok()),
+            },
         };
-        let data = match frame.into_data() {
-            Ok(d) => d,
-            Err(f) => return Ok(f.into_trailers().ok()),
-        };
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-        if s.client_gone {
-            // nobody to deliver to: stop reading; the upstream connection closes
-            return Err("client gone".into());
+        {
+            let mut s = shared.lock();
+            if s.client_gone {
+                return gone();
+            }
+            s.push(data, buffers)?;
+            s.wake();
         }
-        s.push(data, buffers)?;
-        s.wake();
+        // past max_file_size on disk, read the app only as fast as the client reads
+        loop {
+            {
+                let s = shared.lock();
+                if s.client_gone {
+                    return gone();
+                }
+                if s.written - s.read <= buffers.settings.max_file_size {
+                    break;
+                }
+            }
+            shared.progress.notified().await;
+        }
     }
 }
 
 /// The client's side of a spooled response.
 #[derive(Debug)]
 pub struct SpooledResponse {
-    shared: Arc<Mutex<Spool>>,
+    shared: Arc<SpoolShared>,
     finished: bool,
     limits: SendLimits,
 }
@@ -521,7 +585,7 @@ impl HttpBody for SpooledResponse {
         if this.finished {
             return Poll::Ready(None);
         }
-        let mut s = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = this.shared.lock();
         if s.complete && this.limits.complete_at.is_none() {
             this.limits.complete_at = Some((Instant::now(), this.limits.delivered));
         }
@@ -536,6 +600,7 @@ impl HttpBody for SpooledResponse {
             let chunk = read_at(file, s.read, n)?;
             s.read += n as u64;
             drop(s);
+            this.shared.progress.notify_one();
             return this.deliver(chunk);
         }
         match s.done.take() {
@@ -561,10 +626,13 @@ impl HttpBody for SpooledResponse {
 
 impl Drop for SpooledResponse {
     fn drop(&mut self) {
-        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.client_gone = true;
-        s.memory.clear();
-        s.memory_bytes = 0;
+        {
+            let mut s = self.shared.lock();
+            s.client_gone = true;
+            s.memory.clear();
+            s.memory_bytes = 0;
+        }
+        self.shared.progress.notify_one();
     }
 }
 

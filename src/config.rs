@@ -120,6 +120,9 @@ pub struct Buffering {
     pub response_memory: usize,
     /// Memory all buffers together may use; beyond it, bodies go to disk.
     pub max_memory: usize,
+    /// Most of one response waiting on disk for its client; past it, the app is read only
+    /// as fast as the client reads.
+    pub max_file_size: u64,
     /// Where temporary files go (created already unlinked: nothing is left behind).
     pub temp_dir: PathBuf,
 }

@@ -11,8 +11,12 @@ use tokio::time::Instant;
 
 /// Locks are split by address so concurrent clients rarely wait on each other.
 const SHARDS: usize = 16;
-/// A shard with more addresses than this drops the ones whose bucket is full again.
+/// A shard with more addresses than this drops the ones whose bucket is full again, at
+/// most once a second (so a flood of new addresses cannot make every request a sweep).
 const PRUNE_AT: usize = 4096;
+/// A shard still this full after a sweep starts over: a flood of addresses (rotating IPv6
+/// sources) costs them their buckets, never usher its memory.
+const HARD_CAP: usize = 65536;
 
 /// Token buckets by client address.
 #[derive(Debug)]
@@ -20,8 +24,15 @@ pub struct RateLimiter {
     rate: f64,
     burst: f64,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<IpAddr, Bucket>>>,
+    shards: Vec<Mutex<Shard>>,
     epoch: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// Seconds since `epoch` at the last sweep.
+    swept: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +49,7 @@ impl RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             epoch: Instant::now(),
         })
     }
@@ -51,12 +62,18 @@ impl RateLimiter {
 
     fn check_at(&self, ip: IpAddr, now: f64) -> Result<(), u64> {
         let shard = &self.shards[self.hasher.hash_one(ip) as usize % SHARDS];
-        let mut buckets = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > PRUNE_AT {
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if shard.buckets.len() > PRUNE_AT && now - shard.swept >= 1.0 {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| b.tokens + (now - b.at) * rate < burst);
+            shard.swept = now;
+            shard
+                .buckets
+                .retain(|_, b| b.tokens + (now - b.at) * rate < burst);
         }
-        let b = buckets.entry(ip).or_insert(Bucket {
+        if shard.buckets.len() > HARD_CAP {
+            shard.buckets.clear();
+        }
+        let b = shard.buckets.entry(ip).or_insert(Bucket {
             tokens: self.burst,
             at: now,
         });
@@ -98,7 +115,11 @@ mod tests {
             let ip = IpAddr::from(i.to_be_bytes());
             l.check_at(ip, f64::from(i) / 1000.0).unwrap();
         }
-        let held: usize = l.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(held <= SHARDS * (PRUNE_AT + 1), "{held} addresses held");
+        let held: usize = l
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum();
+        assert!(held <= SHARDS * (PRUNE_AT + 1000), "{held} addresses held");
     }
 }

@@ -114,7 +114,7 @@ impl Proxy {
     async fn try_handle(
         &self,
         req: Request<Incoming>,
-        conn: &ConnInfo,
+        conn: &Arc<ConnInfo>,
         tail: &mut LogTail,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. ACME HTTP-01 challenges: answered before any routing, redirect or proxying
@@ -206,7 +206,7 @@ async fn forward(
     policy: BodyPolicy,
     mut req: Request<Incoming>,
     stripped: Option<String>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     tail: &mut LogTail,
 ) -> Result<Response<Body>, ProxyError> {
     let tunnel_idle = proxy.tunnel_idle;
@@ -263,6 +263,7 @@ async fn forward(
                 upstream_side,
                 upstream_conn,
                 tunnel_idle,
+                conn.clone(),
             ));
             return Ok(Response::from_parts(parts, Body::empty()));
         }
@@ -286,9 +287,9 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
     // Response buffering: read the app's response as fast as it comes, so its connection
-    // and worker are free while a slow client downloads. Never for event streams (each
-    // event must go out as it comes) or bodies already complete.
-    if !policy.buffer_responses || body.is_end_stream() || is_event_stream(&parts) {
+    // and worker are free while a slow client downloads. Never for event streams and gRPC
+    // (each message must go out as it comes) or bodies already complete.
+    if !policy.buffer_responses || body.is_end_stream() || is_stream(&parts) {
         return Ok(Response::from_parts(parts, Body::Upstream { body }));
     }
     // A small body of known length is read whole right here (the common API response:
@@ -352,12 +353,13 @@ async fn request_body(
     Ok(ReqBody::Buffered(spooled.body()))
 }
 
-/// Whether a response is a server-sent event stream.
-fn is_event_stream(parts: &http::response::Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+/// Whether a response is a stream by nature, whose pieces must go out as they come:
+/// server-sent events and gRPC (server streaming).
+fn is_stream(parts: &http::response::Parts) -> bool {
+    parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"text/event-stream") || v.starts_with(b"application/grpc")
+    })
 }
 
 /// Records which upstream a failed attempt was for, then passes the error on.
@@ -407,6 +409,8 @@ async fn tunnel(
     upstream: hyper::upgrade::OnUpgrade,
     conn: PooledConn,
     idle: Duration,
+    // keeps the client connection counted under the connection caps until the tunnel ends
+    _conn_info: Arc<ConnInfo>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (c, u) = match tokio::try_join!(client, upstream) {

@@ -53,6 +53,9 @@ pub struct ConnInfo {
     /// server answers pings and settings, on HTTP/1 it writes nothing before a request.
     head_since: AtomicU64,
     epoch: Instant,
+    /// The connection's place under the connection caps: held as long as anything holds
+    /// this (an upgraded tunnel outlives the HTTP connection).
+    cap: Option<CapSlot>,
 }
 
 /// What the connection watcher decides.
@@ -82,6 +85,7 @@ impl ConnInfo {
             peer,
             tls,
             sni,
+            cap: None,
             in_flight: AtomicU32::new(0),
             last_active: AtomicU64::new(0),
             // The first request head is due from the start.
@@ -223,6 +227,12 @@ impl ConnCaps {
             slot.ip = Some(ip);
         }
         Some(slot)
+    }
+}
+
+impl std::fmt::Debug for CapSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapSlot").field("ip", &self.ip).finish()
     }
 }
 
@@ -515,13 +525,23 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tracker.spawn(async move {
-            serve_tcp(tcp, peer, is_tls, shared).await;
-            drop(slot);
+            serve_tcp(tcp, peer, is_tls, shared, slot).await;
         });
     }
 }
 
-async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, is_tls: bool, shared: Arc<Shared>) {
+async fn serve_tcp(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    is_tls: bool,
+    shared: Arc<Shared>,
+    slot: Option<CapSlot>,
+) {
+    let info = |tls, sni| {
+        let mut info = ConnInfo::new(peer, tls, sni);
+        info.cap = slot;
+        info
+    };
     match (&shared.tls, is_tls) {
         (Some(acceptor), true) => {
             let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp));
@@ -546,9 +566,9 @@ async fn serve_tcp(tcp: TcpStream, peer: SocketAddr, is_tls: bool, shared: Arc<S
                 return;
             }
             let sni = stream.get_ref().1.server_name().map(Box::from);
-            serve_conn(stream, ConnInfo::new(peer, true, sni), shared).await;
+            serve_conn(stream, info(true, sni), shared).await;
         }
-        _ => serve_conn(tcp, ConnInfo::new(peer, false, None), shared).await,
+        _ => serve_conn(tcp, info(false, None), shared).await,
     }
 }
 

@@ -142,9 +142,11 @@ impl Sender {
 /// Turns an origin-form HTTP/1.1 request into its HTTP/2 form: the Host header becomes the
 /// `:authority` of an absolute URI (hyper's HTTP/2 client needs scheme and authority).
 fn into_h2(req: &mut Request<ReqBody>, fallback_host: &str) {
+    // Host stays too (it equals :authority, which RFC 9113 allows): a `header_hash` policy
+    // on Host keeps working
     let host = req
-        .headers_mut()
-        .remove(http::header::HOST)
+        .headers()
+        .get(http::header::HOST)
         .and_then(|h| h.to_str().ok().map(str::to_owned))
         .unwrap_or_else(|| fallback_host.to_owned());
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -158,6 +160,10 @@ fn into_h2(req: &mut Request<ReqBody>, fallback_host: &str) {
 /// before a response is not held against the member. Apps close idle connections after seconds
 /// (gunicorn 2 s, uvicorn 5 s), never within a quarter second of the last response.
 const RACE_IDLE: Duration = Duration::from_millis(250);
+
+/// A request written onto a connection the app had already closed fails within a round
+/// trip; a failure later than this means the app may have worked on the request.
+const RACE_FAILURE: Duration = Duration::from_millis(100);
 
 /// Margin kept below the idle time an app announces: the request must reach the app before
 /// it closes the connection, with room for a loaded machine.
@@ -271,14 +277,18 @@ impl Health {
         self.consecutive.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a success; true when it is the first since an ejection, which ends the
-    /// back-off (the next ejection starts again at the base period).
-    fn succeeded(&self) -> bool {
+    /// Records a success; true when it is the first one after an ejection has ended, which
+    /// ends the back-off (the next ejection starts again at the base period). A success of a
+    /// request sent before or during the ejection proves nothing and is not counted so.
+    fn succeeded(&self, clock: &Instant) -> bool {
         // loads first: the common case, a healthy member, writes nothing shared
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
-        if self.ejected.load(Ordering::Relaxed) && self.ejected.swap(false, Ordering::Relaxed) {
+        if self.ejected.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= clock.elapsed().as_millis() as u64
+            && self.ejected.swap(false, Ordering::Relaxed)
+        {
             self.ejections.store(0, Ordering::Relaxed);
             return true;
         }
@@ -292,9 +302,9 @@ impl Health {
         if until <= now.as_millis() as u64 {
             return false;
         }
+        // the back-off stands until real traffic succeeds: an app can pass its health
+        // check and still fail requests
         self.ejected_until_ms.store(0, Ordering::Relaxed);
-        self.ejected.store(false, Ordering::Relaxed);
-        self.ejections.store(0, Ordering::Relaxed);
         true
     }
 
@@ -556,6 +566,7 @@ impl Pool {
             } else {
                 None
             };
+            let sent_at = Instant::now();
             let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
             match sent {
                 Ok(Ok(response)) => {
@@ -565,7 +576,7 @@ impl Pool {
                     }
                     if response.status().is_server_error() {
                         self.failed(member);
-                    } else if member.health.succeeded() {
+                    } else if member.health.succeeded(&self.health_clock) {
                         tracing::info!(upstream = %member.label, "ejected member answered again: back in rotation");
                     }
                     return Ok(Sent {
@@ -580,7 +591,11 @@ impl Pool {
                     let error = e.into_error();
                     match (unsent, copy) {
                         (Some(back), _) if retry_left => req = back,
-                        (None, Some(copy)) => {
+                        // a non-idempotent request is sent again only when the connection
+                        // failed at once, as one the app had closed does: a failure after the
+                        // app had time to work on it (a worker killed mid-request) may have
+                        // left effects
+                        (None, Some(copy)) if idempotent || sent_at.elapsed() < RACE_FAILURE => {
                             // a connection that sat idle was most likely closed by the app's
                             // keep-alive timer: no sign of a failing member
                             if !racy {
@@ -733,7 +748,8 @@ impl Pool {
     /// One health check: GET the path on a fresh connection within the check's timeout.
     async fn probe(&self, member: &Arc<Member>, hc: &HealthCheck) -> bool {
         let check = async {
-            let mut conn = self.connect(member).await.ok()?;
+            // a connection of its own, never the member's shared HTTP/2 one
+            let mut conn = self.open(member, Open::Probe).await.ok()?;
             let mut req = Request::new(ReqBody::Empty);
             *req.uri_mut() = hc.path.parse().ok()?;
             let host = match &member.addr {
@@ -814,7 +830,7 @@ impl Pool {
     }
 
     async fn connect(&self, member: &Arc<Member>) -> Result<PooledConn, ProxyError> {
-        self.open(member, false).await
+        self.open(member, Open::Request).await
     }
 
     /// Sends an `Upgrade` request (WebSocket and the like) on a connection of its own, which
@@ -828,7 +844,7 @@ impl Pool {
         let i = self.pick(req.headers(), client, 0);
         let member = &self.members[i];
         let fail = |e| (e, member.label.clone());
-        let mut conn = match self.open(member, true).await {
+        let mut conn = match self.open(member, Open::Upgrade).await {
             Ok(c) => c,
             Err(e) => {
                 self.failed(member);
@@ -854,8 +870,9 @@ impl Pool {
     /// A new connection to `member`; for an upgrade always HTTP/1.1 (the Upgrade header is
     /// HTTP/1.1's), else in the pool's protocol, an HTTP/2 one becoming the member's shared
     /// connection.
-    async fn open(&self, member: &Arc<Member>, upgrades: bool) -> Result<PooledConn, ProxyError> {
+    async fn open(&self, member: &Arc<Member>, why: Open) -> Result<PooledConn, ProxyError> {
         let label = || member.label.to_string();
+        let upgrades = why == Open::Upgrade;
         let h2 = self.protocol == UpstreamProtocol::H2c && !upgrades;
         let connecting = async {
             match &member.addr {
@@ -876,8 +893,12 @@ impl Pool {
                 addr: label(),
                 source,
             })?;
-        if let Sender::H2(s) = &sender {
-            *member.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.clone());
+        if let (Sender::H2(s), Open::Request) = (&sender, why) {
+            // shared unless another request got there first with a connection still open
+            let mut shared = member.h2.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.as_ref().is_none_or(|c| c.is_closed()) {
+                *shared = Some(s.clone());
+            }
         }
         Ok(PooledConn {
             sender,
@@ -886,6 +907,17 @@ impl Pool {
             idled: Duration::ZERO,
         })
     }
+}
+
+/// Why a connection is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// For requests: an HTTP/2 one becomes the member's shared connection.
+    Request,
+    /// For a health check: used once.
+    Probe,
+    /// For an Upgrade request: HTTP/1.1, and the tunnel's own.
+    Upgrade,
 }
 
 async fn handshake<T>(io: T, upgrades: bool, h2: bool) -> std::io::Result<Sender>
@@ -959,11 +991,19 @@ mod tests {
         let base = Duration::from_secs(1);
         assert_eq!(h.eject(Duration::ZERO, base), base);
         assert_eq!(h.eject(Duration::ZERO, base), base * 2);
+        // a clock started now: the ejection (until 2 s) has not ended
+        let now = Instant::now();
         assert!(
-            h.succeeded(),
+            !h.succeeded(&now),
+            "a success during the ejection counts for nothing"
+        );
+        // a clock started 10 s ago: it has
+        let later = now - Duration::from_secs(10);
+        assert!(
+            h.succeeded(&later),
             "the first success after an ejection is reported"
         );
-        assert!(!h.succeeded());
+        assert!(!h.succeeded(&later));
         assert_eq!(h.eject(Duration::ZERO, base), base);
     }
 

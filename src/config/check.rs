@@ -330,6 +330,9 @@ impl Checker<'_> {
         let max_memory = self
             .size(&b.max_memory, "buffering.max_memory", 0, 1 << 40)
             .unwrap_or(256 << 20) as usize;
+        let max_file_size = self
+            .size(&b.max_file_size, "buffering.max_file_size", 0, u64::MAX)
+            .unwrap_or(1 << 30);
         let temp_dir = match &b.temp_dir {
             None => std::env::temp_dir(),
             Some(d) => {
@@ -348,6 +351,7 @@ impl Checker<'_> {
             request_memory,
             response_memory,
             max_memory,
+            max_file_size,
             temp_dir,
         }
     }

@@ -131,6 +131,7 @@ pub struct RawBuffering {
     pub request_memory: S<String>,
     pub response_memory: S<String>,
     pub max_memory: S<String>,
+    pub max_file_size: S<String>,
     pub temp_dir: S<String>,
 }
 

@@ -141,8 +141,23 @@ impl Balancer {
         if n == 1 {
             return 0;
         }
-        let any_usable = (0..n).any(usable);
-        let usable = |i: usize| !any_usable || usable(i);
+        // one snapshot of who may take traffic (slots free up concurrently; a draw must not
+        // see a member change its mind halfway), as bits for the first 64 members
+        let mut mask: u64 = 0;
+        for i in 0..n.min(64) {
+            if usable(i) {
+                mask |= 1 << i;
+            }
+        }
+        let any_usable = mask != 0 || (64..n).any(usable);
+        let usable = |i: usize| {
+            !any_usable
+                || if i < 64 {
+                    mask & (1 << i) != 0
+                } else {
+                    usable(i)
+                }
+        };
         // an unusable member weighs nothing
         let weights = |i: usize| if usable(i) { weights[i] } else { 0 };
         let loads = |i: usize| loads.load(i);

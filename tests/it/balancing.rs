@@ -386,3 +386,40 @@ async fn an_h2c_pool_passes_trailers_through() {
     }
     assert_eq!(app.connections(), 1);
 }
+
+/// A connection that fails only after the app had time to work on the request (a worker
+/// killed mid-request) is not the keep-alive race: a POST is not sent again (502), while a
+/// GET still is.
+#[tokio::test]
+async fn a_post_that_failed_late_is_not_sent_again() {
+    let app = Upstream::start_with(
+        "app",
+        Behaviour {
+            drop_reused: true,
+            delay: Duration::from_millis(300),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let pool = format!("[upstream.app]\nmembers = [\"{}\"]\n", app.addr);
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"60s\"\n{}",
+        site(&pool)
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("app.test", "/first").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let post = http::Request::post("/p")
+        .header("host", "app.test")
+        .body(http_body_util::Full::new(bytes::Bytes::from("x")))
+        .unwrap();
+    assert_eq!(c.send(post).await.status, 502);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get("app.test", "/again").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the same late failure for a GET: sent again on a fresh connection
+    assert_eq!(c.get("app.test", "/late").await.status, 200);
+    let seen: Vec<String> = app.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(seen, ["/first", "/again", "/late"]);
+}

@@ -387,3 +387,20 @@ async fn requests_past_the_rate_get_429_with_retry_after() {
     assert_eq!(r.header("retry-after"), "1");
     assert_eq!(app.seen().len(), 3);
 }
+
+/// With `max_file_size` far below the response, the app is read only as fast as the
+/// client reads; the client still gets every byte.
+#[tokio::test]
+async fn a_response_past_max_file_size_arrives_whole_at_the_clients_pace() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(
+        &app,
+        "[buffering]\nresponse_memory = \"64KiB\"\nmax_file_size = \"256KiB\"\n",
+        "",
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.get("app.test", "/stream?chunks=512&ms=0").await;
+    assert_eq!(r.body.len(), 512 * 16 * 1024);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+}

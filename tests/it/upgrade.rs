@@ -75,3 +75,34 @@ async fn an_idle_tunnel_is_closed() {
     let n = bounded("tunnel close", s.read(&mut buf)).await.unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// An upgraded tunnel keeps counting under `max_connections_per_ip` after its HTTP
+/// connection has become a tunnel: a second connection from the address is closed.
+#[tokio::test]
+async fn a_tunnel_counts_under_the_per_ip_cap() {
+    let up = Upstream::start("ws").await;
+    let usher = TestServer::start(&format!(
+        "[limits]\nmax_connections_per_ip = 1\n{}",
+        config(&up)
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    upgrade_and_echo(&mut s).await;
+    let mut second = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    let _ = second
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = bounded("second connection", second.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "a second connection was served while the tunnel was open"
+    );
+    // the tunnel still works
+    s.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    bounded("echo", s.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"still here");
+}

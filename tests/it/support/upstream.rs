@@ -157,8 +157,9 @@ pub struct Behaviour {
     pub status: Option<u16>,
     /// Close a keep-alive connection idle this long (as gunicorn does after 2 s).
     pub idle_close: Option<Duration>,
-    /// Drop a connection, unanswered, when a second request arrives on it: what a proxy sees
-    /// when the app closes a kept-alive connection just as the proxy reuses it.
+    /// Drop a connection, unanswered (after `delay`), when a second request arrives on it:
+    /// what a proxy sees when the app closes a kept-alive connection just as the proxy
+    /// reuses it (or, with a delay, when a worker dies mid-request).
     pub drop_reused: bool,
     /// Announce `Keep-Alive: timeout=N` on every response, as uvicorn and gunicorn do.
     pub keep_alive: Option<u64>,
@@ -217,11 +218,11 @@ async fn serve<I>(
                 *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                 return Ok(resp);
             }
-            if behaviour.drop_reused && nth > 0 {
-                return Err("dropping a reused connection unanswered");
-            }
             if !behaviour.delay.is_zero() {
                 tokio::time::sleep(behaviour.delay).await;
+            }
+            if behaviour.drop_reused && nth > 0 {
+                return Err("dropping a reused connection unanswered");
             }
             let mut resp = answer(req, &name, &seen, &cc).await;
             if let Some(s) = behaviour.status {
