@@ -68,6 +68,8 @@ pub enum AccessLogFormat {
 pub struct Timeouts {
     /// Time for a client to send a complete request head.
     pub client_header: Duration,
+    /// Longest pause while a request head arrives.
+    pub client_header_idle: Duration,
     /// Longest wait for the next piece of a request body.
     pub client_body: Duration,
     /// Most time for a whole request body.

@@ -52,6 +52,8 @@ pub struct ConnInfo {
     /// no request is in flight), 0 when none is arriving. Any write clears it: on HTTP/2 the
     /// server answers pings and settings, on HTTP/1 it writes nothing before a request.
     head_since: AtomicU64,
+    /// Bytes read since `head_since`.
+    head_bytes: AtomicU64,
     epoch: Instant,
     /// The connection's place under the connection caps: held as long as anything holds
     /// this (an upgraded tunnel outlives the HTTP connection).
@@ -75,6 +77,11 @@ enum Watch {
 #[derive(Debug, Clone, Copy)]
 struct WatchLimits {
     header: Duration,
+    /// Longest pause while a request head arrives.
+    header_idle: Duration,
+    /// Slowest a head may arrive after `grace` (bytes a second; 0: no minimum).
+    min_rate: u64,
+    grace: Duration,
     idle: Duration,
     stall: Duration,
 }
@@ -90,6 +97,7 @@ impl ConnInfo {
             last_active: AtomicU64::new(0),
             // The first request head is due from the start.
             head_since: AtomicU64::new(1),
+            head_bytes: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -112,12 +120,15 @@ impl ConnInfo {
         ms
     }
 
-    fn read_progress(&self) {
+    fn read_progress(&self, n: u64) {
         let ms = self.touch();
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_since.load(Ordering::Relaxed) == 0
-        {
-            self.head_since.store(ms + 1, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            if self.head_since.load(Ordering::Relaxed) == 0 {
+                self.head_since.store(ms + 1, Ordering::Relaxed);
+                self.head_bytes.store(n, Ordering::Relaxed);
+            } else {
+                self.head_bytes.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
@@ -136,7 +147,25 @@ impl ConnInfo {
         } else {
             match self.head_since.load(Ordering::Relaxed) {
                 0 => (last + limits.idle, Watch::Idle),
-                since => (ms(since - 1) + limits.header, Watch::SlowHead),
+                since => {
+                    // a head: a ceiling; once it has begun to arrive, also a longest pause
+                    // and a minimum rate after the grace (a connection opened ahead of use,
+                    // as browsers do, is silent and has only the ceiling)
+                    let since = ms(since - 1);
+                    let elapsed = now.saturating_duration_since(since);
+                    let bytes = self.head_bytes.load(Ordering::Relaxed);
+                    if bytes == 0 {
+                        (since + limits.header, Watch::SlowHead)
+                    } else if limits.min_rate > 0
+                        && elapsed > limits.grace
+                        && (bytes as f64) < limits.min_rate as f64 * elapsed.as_secs_f64()
+                    {
+                        return Watch::SlowHead;
+                    } else {
+                        let deadline = (since + limits.header).min(last + limits.header_idle);
+                        (deadline, Watch::SlowHead)
+                    }
+                }
             }
         };
         if deadline <= now {
@@ -339,6 +368,9 @@ pub async fn start_with_log(
         handshake_timeout: config.timeouts.tls_handshake,
         watch: WatchLimits {
             header: config.timeouts.client_header,
+            header_idle: config.timeouts.client_header_idle,
+            min_rate: config.timeouts.client_min_rate,
+            grace: config.timeouts.client_min_rate_grace,
             idle: config.timeouts.client_idle,
             // Long enough for a slow upstream to be answered with a 504 first.
             stall: config
@@ -596,6 +628,7 @@ where
     let nap = shared
         .watch
         .header
+        .min(shared.watch.header_idle)
         .min(shared.watch.idle)
         .min(shared.watch.stall);
     let watch = tokio::time::sleep(nap);
@@ -644,7 +677,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.info.read_progress();
+            self.info
+                .read_progress((buf.filled().len() - before) as u64);
         }
         r
     }
@@ -694,6 +728,9 @@ mod tests {
 
     const LIMITS: WatchLimits = WatchLimits {
         header: Duration::from_secs(10),
+        header_idle: Duration::from_secs(10),
+        min_rate: 0,
+        grace: Duration::from_secs(10),
         idle: Duration::from_secs(75),
         stall: Duration::from_secs(90),
     };
@@ -726,11 +763,44 @@ mod tests {
         assert!(matches!(c.watch(LIMITS, at(&c, 30)), Watch::Until(_)));
         assert_eq!(c.watch(LIMITS, at(&c, 80)), Watch::Idle);
         // the first byte of a head starts the head timer
-        c.read_progress();
+        c.read_progress(1);
         assert_eq!(c.watch(LIMITS, at(&c, 11)), Watch::SlowHead);
         // a write (an HTTP/2 ping answer, say) clears it
         c.write_progress();
         assert!(matches!(c.watch(LIMITS, at(&c, 11)), Watch::Until(_)));
+    }
+
+    #[test]
+    fn a_head_may_not_pause_long_nor_trickle() {
+        let limits = WatchLimits {
+            header: Duration::from_secs(60),
+            header_idle: Duration::from_secs(5),
+            min_rate: 100,
+            grace: Duration::from_secs(2),
+            ..LIMITS
+        };
+        let c = conn();
+        // a new connection that sends nothing has only the ceiling
+        assert!(matches!(c.watch(limits, at(&c, 30)), Watch::Until(_)));
+        assert_eq!(c.watch(limits, at(&c, 61)), Watch::SlowHead);
+        // a head that began and paused 5 s
+        let c = conn();
+        c.read_progress(500);
+        assert_eq!(c.watch(limits, at(&c, 6)), Watch::SlowHead);
+        // 50 bytes in the first second, then nothing new: the rate (100 B/s) is missed once
+        // the grace (2 s) is over, before the pause limit
+        let c = conn();
+        c.read_progress(50);
+        assert!(matches!(c.watch(limits, at(&c, 1)), Watch::Until(_)));
+        assert_eq!(c.watch(limits, at(&c, 3)), Watch::SlowHead);
+        // with no minimum rate the same head may go on until the pause limit
+        let c = conn();
+        c.read_progress(50);
+        let no_rate = WatchLimits {
+            min_rate: 0,
+            ..limits
+        };
+        assert!(matches!(c.watch(no_rate, at(&c, 3)), Watch::Until(_)));
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl Checker<'_> {
                 "timeouts.client_header",
                 Duration::from_secs(10),
             ),
+            client_header_idle: self.duration(
+                &t.client_header_idle,
+                "timeouts.client_header_idle",
+                Duration::from_secs(5),
+            ),
             client_body: self.duration(
                 &t.client_body,
                 "timeouts.client_body",

@@ -98,6 +98,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub client_header: S<String>,
+    pub client_header_idle: S<String>,
     pub client_body: S<String>,
     pub client_body_max: S<String>,
     pub client_send_max: S<String>,

@@ -404,3 +404,55 @@ async fn a_response_past_max_file_size_arrives_whole_at_the_clients_pace() {
     assert_eq!(r.body.len(), 512 * 16 * 1024);
     assert!(r.body.iter().all(|b| *b == b'x'));
 }
+
+/// A request head that pauses longer than `client_header_idle` once begun, or trickles
+/// below `client_min_rate` after the grace, is cut; nothing reaches the app.
+#[tokio::test]
+async fn a_paused_or_trickled_head_is_cut() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(
+        &app,
+        "[timeouts]\nclient_header = \"30s\"\nclient_header_idle = \"1s\"\nclient_min_rate = \"200B/s\"\nclient_min_rate_grace = \"1s\"\n",
+        "",
+    ))
+    .await;
+    // a pause: the first line, then silence (the pause is the behaviour under test)
+    let mut paused = TcpStream::connect(usher.http).await.unwrap();
+    paused.write_all(b"GET /paused HTTP/1.1\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(read_all(&mut paused).await, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cut by the pause limit, not the ceiling"
+    );
+    // a trickle: 10 bytes every 200 ms (50 B/s), never pausing a whole second
+    let mut trickle = TcpStream::connect(usher.http).await.unwrap();
+    trickle
+        .write_all(b"GET /trickled HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut cut = false;
+    for i in 0..100 {
+        ticker.tick().await;
+        if trickle
+            .write_all(format!("X-{i:07}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut b)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a 50 B/s head was never cut");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(app.seen().is_empty());
+}
