@@ -44,6 +44,8 @@ pub struct Config {
     pub limits: Limits,
     /// Body buffering.
     pub buffering: Buffering,
+    /// The response cache's storage (used by routes with `cache`).
+    pub cache: CacheSettings,
     /// Automatic certificates (used by `tls = "acme"` sites).
     pub acme: Acme,
     /// The sites, in file order.
@@ -127,6 +129,26 @@ pub struct Buffering {
     pub max_file_size: u64,
     /// Where temporary files go (created already unlinked: nothing is left behind).
     pub temp_dir: PathBuf,
+}
+
+/// The response cache's storage.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Bytes the memory tier may hold.
+    pub memory: u64,
+    /// Largest response body stored; larger ones pass through.
+    pub max_entry: usize,
+}
+
+/// A proxy route's response caching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Leave the query out of the cache key.
+    pub ignore_query: bool,
+    /// Request headers added to the cache key.
+    pub key_headers: Vec<http::HeaderName>,
+    /// How long a stale entry may still be served when the app fails (0: never).
+    pub stale_if_error: Duration,
 }
 
 /// How a proxy route treats bodies.
@@ -254,6 +276,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Body buffering and size (proxy routes).
     pub body: BodyPolicy,
+    /// Response caching (proxy routes), when on.
+    pub cache: Option<RouteCache>,
     /// What to do with the request.
     pub action: Action,
 }

@@ -8,9 +8,10 @@
 //!   2. rate limit, target length -> routes snapshot -> site by Host -> route by prefix
 //!   3. plain HTTP on a TLS site?          -> 308 to https
 //!   4. dispatch: static | redirect | forward
-//!   5. forward: rewrite headers -> buffer the request body (buffer.rs)
+//!   5. forward: rewrite headers -> cache lookup (cache.rs; a hit answers)
+//!               -> buffer the request body (buffer.rs)
 //!               -> pool.send (policy, health, caps, retries, keep-alive pool)
-//!               -> strip hop-by-hop -> buffer the response (read ahead of the client)
+//!               -> strip hop-by-hop -> cache store -> buffer the response
 //! errors:     ProxyError -> one status table (error.rs) -> short text body + one log line
 //! ```
 //!
@@ -21,6 +22,7 @@ pub mod access_log;
 pub mod acme;
 pub mod body;
 pub mod buffer;
+pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod error;

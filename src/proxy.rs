@@ -21,6 +21,7 @@ use crate::access_log::{AccessLog, LogTail};
 use crate::acme::Challenges;
 use crate::body::{Body, Logged, UpstreamBody};
 use crate::buffer::{self, Buffers};
+use crate::cache::{self, After, Cache, Lookup};
 use crate::config::{BodyPolicy, Config, Timeouts};
 use crate::error::{ProxyError, Side};
 use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
@@ -53,6 +54,8 @@ pub struct Proxy {
     max_uri_length: usize,
     /// `rate_per_ip`, when set.
     rate: Option<RateLimiter>,
+    /// The response cache, when a route uses it.
+    cache: Option<Arc<Cache>>,
 }
 
 impl Proxy {
@@ -74,6 +77,12 @@ impl Proxy {
             timeouts: config.timeouts.clone(),
             max_uri_length: config.limits.max_uri_length,
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
+            cache: config
+                .sites
+                .iter()
+                .flat_map(|s| &s.routes)
+                .any(|r| r.cache.is_some())
+                .then(|| Cache::new(&config.cache)),
         }
     }
 
@@ -183,7 +192,7 @@ impl Proxy {
                 let stripped = route
                     .strip_prefix
                     .then(|| rest_of_path(route, &path).to_owned());
-                forward(self, pool, route.body, req, stripped, conn, tail).await
+                forward(self, pool, route, req, stripped, conn, tail).await
             }
         }
     }
@@ -203,13 +212,14 @@ impl Proxy {
 async fn forward(
     proxy: &Proxy,
     pool: &Pool,
-    policy: BodyPolicy,
+    route: &RouteEntry,
     mut req: Request<Incoming>,
     stripped: Option<String>,
     conn: &Arc<ConnInfo>,
     tail: &mut LogTail,
 ) -> Result<Response<Body>, ProxyError> {
     let tunnel_idle = proxy.tunnel_idle;
+    let policy = route.body;
     // An Upgrade request (WebSocket and the like, HTTP/1.1 only) keeps its upgrade headers
     // and, once the app answers 101, becomes a tunnel between the two connections.
     let upgrade = upgrade_protocol(&req);
@@ -277,15 +287,93 @@ async fn forward(
             },
         ));
     }
+    // The cache: a fresh entry answers here; a miss goes upstream (with validators when a
+    // stale entry can be revalidated) and may be stored below.
+    let mut pending = None;
+    let mut invalidate = None;
+    if let (Some(rc), Some(cache)) = (&route.cache, &proxy.cache) {
+        let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let key = Cache::key(rc, conn.tls, key_host, &parts);
+        if cache::applies(&parts.method) {
+            match cache.lookup(key, &parts).await {
+                Lookup::Hit(resp) => return Ok(resp.map(Body::full)),
+                Lookup::Miss(p) => {
+                    // the cache fetches whole responses: the client's own conditionals
+                    // are answered from what comes back
+                    parts.headers.remove(header::IF_NONE_MATCH);
+                    parts.headers.remove(header::IF_MODIFIED_SINCE);
+                    parts.headers.extend(p.revalidate.clone());
+                    pending = Some(p);
+                }
+            }
+        } else if cache::invalidates(&parts.method) {
+            invalidate = Some(key);
+        }
+    }
     let body = request_body(proxy, policy, &mut parts, body).await?;
-    let sent = pool
+    let sent = match pool
         .send(Request::from_parts(parts, body), conn.peer.ip())
         .await
-        .map_err(noted(tail))?;
+    {
+        Ok(sent) => sent,
+        Err((e, upstream)) => {
+            tail.upstream = Some(upstream);
+            let stale = pending
+                .as_ref()
+                .zip(route.cache.as_ref())
+                .zip(proxy.cache.as_ref())
+                .and_then(|((p, rc), c)| c.stale_on_error(p, rc));
+            return match stale {
+                Some(resp) => {
+                    tracing::warn!(error = %e, "upstream failed; serving a stale cached response");
+                    Ok(resp.map(Body::full))
+                }
+                None => Err(e),
+            };
+        }
+    };
     tail.upstream = Some(sent.upstream);
     let (mut parts, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let (Some(key), Some(cache)) = (invalidate, &proxy.cache) {
+        if parts.status.is_success() || parts.status.is_redirection() {
+            cache.invalidate(&key);
+        }
+    }
     let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
+        if parts.status.is_server_error() {
+            if let Some(resp) = cache.stale_on_error(p, rc) {
+                return Ok(resp.map(Body::full));
+            }
+        }
+        match cache.after(p, &parts) {
+            After::Refreshed(resp) => return Ok(resp.map(Body::full)),
+            After::Store(cache_policy) => {
+                let len = http_body::Body::size_hint(&body).exact();
+                if let Some(len) = len.filter(|n| *n <= cache.max_entry() as u64) {
+                    let data = http_body_util::BodyExt::collect(body)
+                        .await
+                        .map_err(|e| {
+                            tracing::debug!(error = %e, "upstream body failed while caching");
+                            ProxyError::UpstreamBody
+                        })?
+                        .to_bytes();
+                    debug_assert_eq!(data.len() as u64, len);
+                    return Ok(cache.store(p, *cache_policy, &parts, data).map(Body::full));
+                }
+                cache::set_status(&mut parts.headers, "fwd=miss; detail=too-large");
+            }
+            After::Pass => {
+                let fwd = if Cache::had_stale(p) {
+                    "fwd=stale"
+                } else {
+                    "fwd=miss"
+                };
+                cache::set_status(&mut parts.headers, fwd);
+            }
+        }
+    }
     // Response buffering: read the app's response as fast as it comes, so its connection
     // and worker are free while a slow client downloads. Never for event streams and gRPC
     // (each message must go out as it comes) or bodies already complete.
@@ -563,6 +651,7 @@ mod tests {
                 buffer_responses: true,
                 max_body_size: 1 << 20,
             },
+            cache: None,
             action: RouteAction::Redirect {
                 status: StatusCode::FOUND,
                 to: "/".into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::config::{Action, BodyPolicy, Config, ProxyTarget, TlsMode};
+use crate::config::{Action, BodyPolicy, Config, ProxyTarget, RouteCache, TlsMode};
 use crate::error::ProxyError;
 use crate::static_files::StaticFiles;
 use crate::upstream::Pool;
@@ -45,6 +45,8 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     /// Body buffering and size limit (proxy routes).
     pub body: BodyPolicy,
+    /// Response caching (proxy routes).
+    pub cache: Option<RouteCache>,
     /// What it does.
     pub action: RouteAction,
 }
@@ -112,6 +114,7 @@ impl Routes {
                     path: r.path.clone(),
                     strip_prefix: r.strip_prefix,
                     body: r.body,
+                    cache: r.cache.clone(),
                     action,
                 });
             }

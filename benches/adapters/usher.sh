@@ -4,8 +4,8 @@
 . "${BENCH_HOME:?run me through bench.sh (see benches/compare.sh)}/lib/adapter_common.sh"
 PROXY_BIN=${USHER_BIN:-$PWD/target/release/usher}
 case "${1:-}" in
-# /direct (a fixed body) and /cache/ (the response cache) are not in usher yet
-supports) case "$2" in h1_small|h1s_small|h2s_small|hs_close|hs_resume|st1k|st1ks|st1m|st1ms|h1_big|h1s_big|idle10k) exit 0;; *) exit 1;; esac ;;
+# /direct (a fixed body) is not in usher yet
+supports) case "$2" in h1_small|h1s_small|h2s_small|hs_close|hs_resume|st1k|st1ks|st1m|st1ms|h1_big|h1s_big|cache_small|idle10k) exit 0;; *) exit 1;; esac ;;
 start)
   cat > "$ADAPTER_DIR/proxy.toml" <<CONF
 [server]
@@ -27,6 +27,11 @@ http_redirect = false        # the plain scenarios are served on the plain port,
 [[site.route]]
 path = "/static/"
 static = "$DOCROOT"
+
+[[site.route]]
+path = "/cache/"
+proxy = ["$UPSTREAM_HOST:$UPSTREAM_PORT"]
+cache = {}
 
 [[site.route]]
 path = "/"

@@ -193,6 +193,7 @@ impl Checker<'_> {
         };
         let limits = self.limits(&raw.limits);
         let buffering = self.buffering(&raw.buffering);
+        let cache = self.cache_settings(&raw.cache);
         let upstreams = self.upstreams(&raw.upstreams);
         if raw.sites.is_empty() {
             self.issue(
@@ -236,6 +237,7 @@ impl Checker<'_> {
             timeouts,
             limits,
             buffering,
+            cache,
             sites,
         }
     }
@@ -322,6 +324,45 @@ impl Checker<'_> {
                 self.issue(Some(v.span()), key, msg);
                 None
             }
+        }
+    }
+
+    fn route_cache(&mut self, key: &str, c: &raw::RawRouteCache) -> RouteCache {
+        let mut key_headers = Vec::new();
+        for h in c
+            .key_headers
+            .as_ref()
+            .map(|v| v.get_ref().as_slice())
+            .unwrap_or(&[])
+        {
+            match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => key_headers.push(name),
+                Err(_) => self.issue(
+                    Some(h.span()),
+                    format!("{key}.key_headers"),
+                    format!("{:?} is not a header name", h.get_ref()),
+                ),
+            }
+        }
+        RouteCache {
+            ignore_query: c.ignore_query.as_ref().is_some_and(|b| *b.get_ref()),
+            key_headers,
+            stale_if_error: self.duration(
+                &c.stale_if_error,
+                &format!("{key}.stale_if_error"),
+                Duration::ZERO,
+            ),
+        }
+    }
+
+    fn cache_settings(&mut self, c: &raw::RawCache) -> CacheSettings {
+        CacheSettings {
+            memory: self
+                .size(&c.memory, "cache.memory", 0, 1 << 40)
+                .unwrap_or(64 << 20),
+            max_entry: self
+                .size(&c.max_entry, "cache.max_entry", 0, 1 << 30)
+                .unwrap_or(1 << 20) as usize,
         }
     }
 
@@ -634,6 +675,12 @@ impl Checker<'_> {
         self.only_for(key, "buffer_requests", &r.buffer_requests, proxy, "proxy");
         self.only_for(key, "buffer_responses", &r.buffer_responses, proxy, "proxy");
         self.only_for(key, "max_body_size", &r.max_body_size, proxy, "proxy");
+        self.only_for(key, "cache", &r.cache, proxy, "proxy");
+        let cache = r
+            .cache
+            .as_ref()
+            .filter(|_| proxy)
+            .map(|c| self.route_cache(&format!("{key}.cache"), c.get_ref()));
         let body = BodyPolicy {
             buffer_requests: r.buffer_requests.as_ref().is_none_or(|b| *b.get_ref()),
             buffer_responses: r.buffer_responses.as_ref().is_none_or(|b| *b.get_ref()),
@@ -650,6 +697,7 @@ impl Checker<'_> {
             path,
             strip_prefix,
             body,
+            cache,
             action,
         })
     }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub buffering: RawBuffering,
     #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
     pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
@@ -166,6 +168,24 @@ pub struct RawRoute {
     pub buffer_requests: S<bool>,
     pub buffer_responses: S<bool>,
     pub max_body_size: S<String>,
+    pub cache: S<RawRouteCache>,
+}
+
+/// A route's `cache = { ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub ignore_query: S<bool>,
+    pub key_headers: S<Vec<Spanned<String>>>,
+    pub stale_if_error: S<String>,
+}
+
+/// `[cache]`: the response cache's storage.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub memory: S<String>,
+    pub max_entry: S<String>,
 }
 
 /// `[acme]`: automatic certificates. The issuer keys here describe one issuer; several go in

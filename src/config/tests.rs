@@ -654,3 +654,45 @@ fn buffering_limits_and_body_timeouts() {
         "{i:?}"
     );
 }
+
+#[test]
+fn route_caches_and_their_mistakes() {
+    let cached = MINIMAL.replace(
+        "proxy = [\"127.0.0.1:8000\"]",
+        "proxy = [\"127.0.0.1:8000\"]\ncache = { ignore_query = true, key_headers = [\"Accept-Language\"], stale_if_error = \"1h\" }",
+    );
+    let c = parse(&cached).unwrap();
+    let rc = c.sites[0].routes[0].cache.clone().unwrap();
+    assert!(rc.ignore_query);
+    assert_eq!(
+        rc.key_headers,
+        [http::HeaderName::from_static("accept-language")]
+    );
+    assert_eq!(rc.stale_if_error, Duration::from_secs(3600));
+    assert_eq!((c.cache.memory, c.cache.max_entry), (64 << 20, 1 << 20));
+    assert!(parse(MINIMAL).unwrap().sites[0].routes[0].cache.is_none());
+    for (text, key, msg) in [
+        (
+            cached.replace("\"Accept-Language\"", "\"bad header\""),
+            "site[0].route[0].cache.key_headers",
+            "not a header name",
+        ),
+        (
+            cached.replace("ignore_query = true", "ignore_qeury = true"),
+            "",
+            "ignore_qeury",
+        ),
+        (
+            format!("[cache]\nmemory = \"lots\"\n{MINIMAL}"),
+            "cache.memory",
+            "",
+        ),
+    ] {
+        let i = issues(&text);
+        assert!(
+            i.iter()
+                .any(|i| i.key.contains(key) && format!("{i:?}").contains(msg)),
+            "{text}: {i:?}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ mod support;
 mod acme;
 mod balancing;
 mod buffering;
+mod caching;
 mod cli;
 mod proxying;
 mod python_apps;

@@ -5,6 +5,8 @@
 //! - `/stall`: one chunk of body, then nothing for an hour;
 //! - `/hop`: a response carrying hop-by-hop headers that must not reach the client;
 //! - `/trailers`: a body followed by gRPC-style trailers (`grpc-status: 0`);
+//! - `/cache/DIRECTIVES/...`: a response with `Cache-Control: DIRECTIVES` and an ETag (304 to
+//!   a matching If-None-Match); with `vary` in the path, `Vary: Accept-Language`;
 //! - anything else: 200 `NAME PATH`.
 
 use std::convert::Infallible;
@@ -33,7 +35,7 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// A running upstream. Stops accepting when dropped.
+/// A running upstream. Dropping it stops it: the listener and every open connection close.
 pub struct Upstream {
     /// `127.0.0.1:PORT`, or `unix:/path` for a socket.
     pub addr: String,
@@ -89,9 +91,12 @@ impl Upstream {
             concurrency.clone(),
         );
         let task = tokio::spawn(async move {
+            // the connections go down with the upstream, as with a killed app
+            let mut conns = tokio::task::JoinSet::new();
             while let Some(io) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
                 cc[2].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(serve(
+                conns.spawn(serve(
                     TokioIo::new(io),
                     name.clone(),
                     log.clone(),
@@ -335,6 +340,35 @@ async fn answer(
                 http::HeaderValue::from_static("grpc-status, grpc-message"),
             );
             resp
+        }
+        p if p.starts_with("/cache/") => {
+            // /cache/DIRECTIVES/...: Cache-Control DIRECTIVES (`+` for spaces), an ETag, and
+            // a 304 to a matching If-None-Match; `vary` adds Vary: Accept-Language
+            let directives = p.split('/').nth(2).unwrap_or("").replace('+', " ");
+            let etag = format!("\"{}\"", p.len());
+            if parts
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v.to_str().unwrap_or("") == etag)
+            {
+                return Response::builder()
+                    .status(304)
+                    .header("etag", &etag)
+                    .header("cache-control", &directives)
+                    .body(full(String::new()))
+                    .unwrap();
+            }
+            let lang = parts
+                .headers
+                .get("accept-language")
+                .map_or("", |v| v.to_str().unwrap_or(""));
+            let mut b = Response::builder()
+                .header("cache-control", &directives)
+                .header("etag", &etag);
+            if p.contains("vary") {
+                b = b.header("vary", "Accept-Language");
+            }
+            b.body(full(format!("{name} {p} {lang}"))).unwrap()
         }
         "/hop" => Response::builder()
             .header("connection", "x-hop-named")

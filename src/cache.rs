@@ -1,0 +1,460 @@
+//! The response cache: a shared cache after RFC 9111 for routes with `cache = { ... }`.
+//!
+//! The rules (storability, freshness, Vary, validation, Age) are the http-cache-semantics
+//! crate's; this module keeps entries in a memory tier bounded in bytes (moka, TinyLFU
+//! admission and LRU eviction), makes concurrent misses for one key share one upstream
+//! request, and reports what happened in a `Cache-Status` header (RFC 9211).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
+
+use crate::config::{CacheSettings, RouteCache};
+
+/// The longest a request waits for another one fetching the same key; then it goes
+/// upstream itself.
+const COALESCE_WAIT: Duration = Duration::from_secs(5);
+
+/// The `Cache-Status` cache name.
+const NAME: &str = "usher";
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    policy: CachePolicy,
+    status: StatusCode,
+    /// The response headers as stored (hop-by-hop removed).
+    headers: HeaderMap,
+    body: Bytes,
+    stored: SystemTime,
+}
+
+/// The cache shared by every caching route.
+pub struct Cache {
+    store: moka::sync::Cache<Arc<str>, Arc<Entry>>,
+    max_entry: usize,
+    /// Keys being fetched now, with the signal their waiters wait on.
+    fetching: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Notify>>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.store.entry_count())
+            .field("bytes", &self.store.weighted_size())
+            .finish()
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// A fresh entry: the response to send.
+    Hit(http::Response<Bytes>),
+    /// Nothing usable: go upstream (with these revalidation headers added, when a stale
+    /// entry has a validator), then call [`Cache::after`].
+    Miss(Box<Pending>),
+}
+
+/// A request going upstream on behalf of the cache.
+pub struct Pending {
+    key: Arc<str>,
+    /// The request's head, as the cache policy needs it.
+    request: http::request::Parts,
+    /// A stale entry for this key, if any.
+    stale: Option<Arc<Entry>>,
+    /// Headers to add to the upstream request (If-None-Match, If-Modified-Since).
+    pub revalidate: HeaderMap,
+    /// Set while this request fetches the key for others waiting.
+    _leader: Option<Leader>,
+}
+
+/// Wakes the requests waiting for this key when the fetch ends, however it ends.
+struct Leader {
+    cache: Arc<Cache>,
+    key: Arc<str>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let n = self
+            .cache
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Whether the cache applies to a request at all (GET and HEAD, no Upgrade).
+pub fn applies(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Whether a request's method makes a successful response invalidate the target.
+pub fn invalidates(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+impl Cache {
+    /// A cache with the configured memory tier.
+    pub fn new(settings: &CacheSettings) -> Arc<Cache> {
+        let store = moka::sync::Cache::builder()
+            .max_capacity(settings.memory)
+            .weigher(|k: &Arc<str>, e: &Arc<Entry>| {
+                let headers: usize = e
+                    .policy_headers_len()
+                    .saturating_add(k.len())
+                    .saturating_add(256);
+                u32::try_from(e.body.len().saturating_add(headers)).unwrap_or(u32::MAX)
+            })
+            .support_invalidation_closures()
+            .build();
+        Arc::new(Cache {
+            store,
+            max_entry: settings.max_entry,
+            fetching: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cache key: scheme, host, path and query (unless the route ignores it), and the
+    /// route's key headers.
+    pub fn key(
+        route: &RouteCache,
+        tls: bool,
+        host: &str,
+        parts: &http::request::Parts,
+    ) -> Arc<str> {
+        let mut k = String::with_capacity(64);
+        k.push_str(if tls { "https://" } else { "http://" });
+        k.push_str(&host.to_ascii_lowercase());
+        k.push_str(parts.uri.path());
+        if let (Some(q), false) = (parts.uri.query(), route.ignore_query) {
+            k.push('?');
+            k.push_str(q);
+        }
+        for h in &route.key_headers {
+            k.push('\n');
+            k.push_str(h.as_str());
+            k.push(':');
+            for v in parts.headers.get_all(h) {
+                k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                k.push(',');
+            }
+        }
+        k.into()
+    }
+
+    /// Looks `key` up for the request `parts`: a fresh entry is a hit; otherwise the caller
+    /// goes upstream, after waiting (bounded) for another request fetching the same key.
+    pub async fn lookup(self: &Arc<Self>, key: Arc<str>, parts: &http::request::Parts) -> Lookup {
+        let mut waited = false;
+        // a HEAD is answered from a GET's entry: judge it as that GET
+        let as_get;
+        let judged = if parts.method == Method::HEAD {
+            let mut r = http::Request::new(());
+            *r.uri_mut() = parts.uri.clone();
+            *r.headers_mut() = parts.headers.clone();
+            as_get = r.into_parts().0;
+            &as_get
+        } else {
+            parts
+        };
+        loop {
+            let entry = self.store.get(&key);
+            if let Some(e) = &entry {
+                match e.policy.before_request(judged, SystemTime::now()) {
+                    BeforeRequest::Fresh(head) => return Lookup::Hit(e.respond(head, parts)),
+                    BeforeRequest::Stale { request, matches } if matches => {
+                        // revalidate (or refetch) through this request
+                        return Lookup::Miss(Box::new(self.pending(
+                            key,
+                            parts,
+                            entry,
+                            request.headers,
+                        )));
+                    }
+                    BeforeRequest::Stale { .. } => {}
+                }
+            }
+            // join a fetch of this key already under way, once and for a bounded time
+            let notify = {
+                let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                match fetching.get(&key) {
+                    Some(n) if !waited => Some(n.clone()),
+                    Some(_) => None,
+                    None => {
+                        fetching.insert(key.clone(), Arc::new(tokio::sync::Notify::new()));
+                        drop(fetching);
+                        let mut p = self.pending(key.clone(), parts, entry, HeaderMap::new());
+                        p._leader = Some(Leader {
+                            cache: self.clone(),
+                            key,
+                        });
+                        return Lookup::Miss(Box::new(p));
+                    }
+                }
+            };
+            match notify {
+                Some(n) => {
+                    let notified = n.notified();
+                    tokio::pin!(notified);
+                    // registered before the check, so a fetch ending meanwhile is not missed
+                    notified.as_mut().enable();
+                    if self
+                        .fetching
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&key)
+                    {
+                        let _ = tokio::time::timeout(COALESCE_WAIT, notified).await;
+                    }
+                    waited = true;
+                }
+                None => {
+                    return Lookup::Miss(Box::new(self.pending(
+                        key,
+                        parts,
+                        entry,
+                        HeaderMap::new(),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn pending(
+        &self,
+        key: Arc<str>,
+        parts: &http::request::Parts,
+        stale: Option<Arc<Entry>>,
+        revalidation_headers: HeaderMap,
+    ) -> Pending {
+        let mut request = http::Request::new(());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        let (request, ()) = request.into_parts();
+        // only the validators the policy added, not the client's own conditionals
+        let mut revalidate = HeaderMap::new();
+        if stale.is_some() {
+            for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                if let Some(v) = revalidation_headers.get(&name) {
+                    revalidate.insert(name, v.clone());
+                }
+            }
+        }
+        Pending {
+            key,
+            request,
+            stale,
+            revalidate,
+            _leader: None,
+        }
+    }
+
+    /// A stale entry to serve when the app failed, if the route's `stale_if_error` (or the
+    /// entry's own `stale-if-error`) still covers it.
+    pub fn stale_on_error(
+        &self,
+        pending: &Pending,
+        route: &RouteCache,
+    ) -> Option<http::Response<Bytes>> {
+        let e = pending.stale.as_ref()?;
+        let allowed = route.stale_if_error.max(e.stale_if_error());
+        let age = SystemTime::now()
+            .duration_since(e.stored)
+            .unwrap_or_default();
+        let ttl = e.policy.time_to_live(e.stored);
+        if allowed.is_zero() || age > ttl + allowed {
+            return None;
+        }
+        let mut resp = e.respond_stale(&pending.request);
+        set_status(resp.headers_mut(), "fwd=stale; detail=stale-if-error");
+        Some(resp)
+    }
+
+    /// What to make of the upstream's response head: a 304 to a revalidation refreshes the
+    /// stale entry and answers from it; a storable response is to be stored once its body is
+    /// read ([`Cache::store`]); anything else passes through.
+    pub fn after(&self, pending: &Pending, head: &http::response::Parts) -> After {
+        let now = SystemTime::now();
+        if let (Some(e), StatusCode::NOT_MODIFIED) = (&pending.stale, head.status) {
+            if let AfterResponse::NotModified(policy, parts) =
+                e.policy.after_response(&pending.request, head, now)
+            {
+                let entry = Arc::new(Entry {
+                    policy,
+                    status: e.status,
+                    headers: parts.headers.clone(),
+                    body: e.body.clone(),
+                    stored: now,
+                });
+                self.store.insert(pending.key.clone(), entry.clone());
+                let mut resp = entry.build(parts.headers, &pending.request);
+                set_status(resp.headers_mut(), "fwd=stale; fwd-status=304; stored");
+                return After::Refreshed(resp);
+            }
+        }
+        let policy = CachePolicy::new(&pending.request, head);
+        if policy.is_storable() && pending.request.method == Method::GET {
+            return After::Store(Box::new(policy));
+        }
+        After::Pass
+    }
+
+    /// The most a stored body may hold.
+    pub fn max_entry(&self) -> usize {
+        self.max_entry
+    }
+
+    /// Stores a complete response read for `pending` and answers the request from it (a
+    /// 304 when the client's own validator matches).
+    pub fn store(
+        &self,
+        pending: &Pending,
+        policy: CachePolicy,
+        head: &http::response::Parts,
+        body: Bytes,
+    ) -> http::Response<Bytes> {
+        let entry = Arc::new(Entry {
+            policy,
+            status: head.status,
+            headers: head.headers.clone(),
+            body,
+            stored: SystemTime::now(),
+        });
+        if entry.body.len() <= self.max_entry {
+            self.store.insert(pending.key.clone(), entry.clone());
+        }
+        let mut resp = entry.respond_stale(&pending.request);
+        let ttl = entry.policy.time_to_live(SystemTime::now()).as_secs();
+        set_status(resp.headers_mut(), &format!("fwd=miss; stored; ttl={ttl}"));
+        resp
+    }
+
+    /// Whether a stale entry was found for `pending` (for Cache-Status).
+    pub fn had_stale(pending: &Pending) -> bool {
+        pending.stale.is_some()
+    }
+
+    /// Drops every entry for the target of an unsafe request that succeeded (RFC 9111
+    /// section 4.4), whatever its key headers.
+    pub fn invalidate(&self, key: &str) {
+        let base: String = key.split('\n').next().unwrap_or(key).to_owned();
+        let _ = self
+            .store
+            .invalidate_entries_if(move |k, _| k.split('\n').next() == Some(base.as_str()));
+    }
+}
+
+/// The cache's verdict on an upstream response.
+pub enum After {
+    /// The stale entry was still good (304): answer with this.
+    Refreshed(http::Response<Bytes>),
+    /// Storable: read the body, then [`Cache::store`] it with this policy.
+    Store(Box<CachePolicy>),
+    /// Not storable: pass it through.
+    Pass,
+}
+
+impl Entry {
+    fn policy_headers_len(&self) -> usize {
+        // the policy keeps the request and response headers; an estimate is enough
+        512
+    }
+
+    /// `stale-if-error=N` from the stored response's Cache-Control.
+    fn stale_if_error(&self) -> Duration {
+        self.headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|d| {
+                d.trim()
+                    .strip_prefix("stale-if-error=")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .map_or(Duration::ZERO, Duration::from_secs)
+    }
+
+    /// A hit: the stored response with the policy's current headers (Age), or a 304 when
+    /// the client's own validator matches.
+    fn respond(
+        &self,
+        head: http::response::Parts,
+        req: &http::request::Parts,
+    ) -> http::Response<Bytes> {
+        let ttl = self.policy.time_to_live(SystemTime::now()).as_secs();
+        let mut resp = self.build(head.headers, req);
+        set_status(resp.headers_mut(), &format!("hit; ttl={ttl}"));
+        resp
+    }
+
+    /// The stored response, with its current Age, without asking whether it is fresh.
+    fn respond_stale(&self, req: &http::request::Parts) -> http::Response<Bytes> {
+        let mut headers = self.headers.clone();
+        headers.insert(
+            header::AGE,
+            HeaderValue::from(self.policy.age(SystemTime::now()).as_secs()),
+        );
+        self.build(headers, req)
+    }
+
+    fn build(&self, headers: HeaderMap, req: &http::request::Parts) -> http::Response<Bytes> {
+        let not_modified = client_validator_matches(req, &headers);
+        let body = if req.method == Method::HEAD || not_modified {
+            Bytes::new()
+        } else {
+            self.body.clone()
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = if not_modified {
+            StatusCode::NOT_MODIFIED
+        } else {
+            self.status
+        };
+        *resp.headers_mut() = headers;
+        if not_modified {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        resp
+    }
+}
+
+/// Whether the client's If-None-Match names the stored ETag (weak comparison, RFC 9110
+/// section 13.1.2), so a 304 answers it.
+fn client_validator_matches(req: &http::request::Parts, stored: &HeaderMap) -> bool {
+    let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    req.headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || weak(t) == weak(etag))
+}
+
+/// Sets `Cache-Status: usher; DETAIL`.
+pub fn set_status(headers: &mut HeaderMap, detail: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {detail}")) {
+        headers.insert(HeaderName::from_static("cache-status"), v);
+    }
+}
+
+use http::HeaderName;

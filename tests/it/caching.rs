@@ -1,0 +1,203 @@
+//! The response cache (RFC 9111 through http-cache-semantics) with a real upstream.
+
+use std::time::Duration;
+
+use crate::support::{Behaviour, Client, Proto, TestServer, Upstream};
+
+fn config(up: &str, route_extra: &str) -> String {
+    format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{up}\"]\ncache = {{ {route_extra} }}\n"
+    )
+}
+
+fn with_header(
+    path: &str,
+    name: &str,
+    value: &str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut r = crate::support::client::get("app.test", path);
+    r.headers_mut().insert(
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        value.parse().unwrap(),
+    );
+    r
+}
+
+/// A response with max-age is stored and served without the app; no-store never is.
+#[tokio::test]
+async fn fresh_responses_are_served_from_the_cache() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/cache/max-age=60/a").await;
+    assert_eq!(first.status, 200);
+    assert!(
+        first.header("cache-status").contains("fwd=miss; stored"),
+        "{:?}",
+        first.headers
+    );
+    let second = c.get("app.test", "/cache/max-age=60/a").await;
+    assert_eq!(second.text(), first.text());
+    assert!(
+        second.header("cache-status").contains("hit"),
+        "{:?}",
+        second.headers
+    );
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(app.seen().len(), 1);
+    // HEAD is answered from the entry too
+    let head = c
+        .send(
+            http::Request::head("/cache/max-age=60/a")
+                .header("host", "app.test")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!((head.status, head.body.len()), (http::StatusCode::OK, 0));
+    assert_eq!(app.seen().len(), 1);
+    // no-store and private are not stored by a shared cache
+    for path in ["/cache/no-store/b", "/cache/private,max-age=60/c"] {
+        c.get("app.test", path).await;
+        c.get("app.test", path).await;
+    }
+    assert_eq!(app.seen().len(), 5);
+}
+
+/// A client's If-None-Match that names the stored ETag gets a 304 from the cache.
+#[tokio::test]
+async fn the_cache_answers_conditional_requests() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/cache/max-age=60/etag").await;
+    let etag = first.header("etag").to_owned();
+    let r = c
+        .send(with_header(
+            "/cache/max-age=60/etag",
+            "if-none-match",
+            &etag,
+        ))
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(app.seen().len(), 1);
+}
+
+/// Vary: the stored variant is used only for a request with the same selecting header.
+#[tokio::test]
+async fn vary_selects_the_stored_variant() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let path = "/cache/max-age=60/vary";
+    let en = c.send(with_header(path, "accept-language", "en")).await;
+    assert!(en.text().ends_with(" en"));
+    let en2 = c.send(with_header(path, "accept-language", "en")).await;
+    assert!(en2.header("cache-status").contains("hit"));
+    let fr = c.send(with_header(path, "accept-language", "fr")).await;
+    assert!(
+        fr.text().ends_with(" fr"),
+        "a French client got {}",
+        fr.text()
+    );
+    assert_eq!(app.seen().len(), 2);
+}
+
+/// 200 concurrent requests for one uncached key make exactly one upstream request.
+#[tokio::test]
+async fn concurrent_misses_make_one_upstream_request() {
+    let app = Upstream::start_slow("app", Duration::from_millis(300)).await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let addr = usher.http;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::plain(addr, Proto::H1).await;
+            c.get("app.test", "/cache/max-age=60/popular").await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(app.seen().len(), 1);
+}
+
+/// A stale entry with a validator is revalidated with If-None-Match; the app's 304
+/// refreshes it.
+#[tokio::test]
+async fn a_stale_entry_is_revalidated() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/cache/max-age=1/reval").await;
+    // the entry's lifetime passing is the behaviour under test
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = c.get("app.test", "/cache/max-age=1/reval").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.text(), first.text());
+    assert!(
+        again
+            .header("cache-status")
+            .contains("fwd=stale; fwd-status=304"),
+        "{:?}",
+        again.headers
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["if-none-match"], first.header("etag"));
+    // refreshed: fresh again without the app
+    assert!(c
+        .get("app.test", "/cache/max-age=1/reval")
+        .await
+        .header("cache-status")
+        .contains("hit"));
+    assert_eq!(app.seen().len(), 2);
+}
+
+/// With the app down: a fresh entry is served without contacting it, a stale one within
+/// stale_if_error is served stale, and an unknown key gets 502.
+#[tokio::test]
+async fn entries_outlive_the_app() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "stale_if_error = \"1h\"")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let fresh = c.get("app.test", "/cache/max-age=60/fresh").await;
+    let stale = c.get("app.test", "/cache/max-age=1/stale").await;
+    drop(app);
+    // let the second entry go stale (the lifetime passing is the behaviour under test)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.get("app.test", "/cache/max-age=60/fresh").await;
+    assert_eq!((r.status, r.text()), (http::StatusCode::OK, fresh.text()));
+    let r = c.get("app.test", "/cache/max-age=1/stale").await;
+    assert_eq!((r.status, r.text()), (http::StatusCode::OK, stale.text()));
+    assert!(
+        r.header("cache-status").contains("stale-if-error"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(
+        c.get("app.test", "/cache/max-age=60/never").await.status,
+        502
+    );
+}
+
+/// A successful POST to a URL drops what the cache holds for it.
+#[tokio::test]
+async fn an_unsafe_method_invalidates_the_target() {
+    let app = Upstream::start_with("app", Behaviour::default()).await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    c.get("app.test", "/cache/max-age=60/doc").await;
+    c.get("app.test", "/cache/max-age=60/doc").await;
+    assert_eq!(app.seen().len(), 1);
+    let post = http::Request::post("/cache/max-age=60/doc")
+        .header("host", "app.test")
+        .body(http_body_util::Full::new(bytes::Bytes::from("edit")))
+        .unwrap();
+    assert_eq!(c.send(post).await.status, 200);
+    let r = c.get("app.test", "/cache/max-age=60/doc").await;
+    assert!(r.header("cache-status").contains("fwd=miss"));
+    assert_eq!(app.seen().len(), 3);
+}
