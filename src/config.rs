@@ -38,6 +38,8 @@ pub struct Config {
     pub access_log: AccessLogFormat,
     /// How long in-flight requests may run after SIGTERM.
     pub grace_period: Duration,
+    /// Compress responses (gzip, brotli, zstd) for clients that accept it.
+    pub compression: bool,
     /// Client and upstream timeouts.
     pub timeouts: Timeouts,
     /// Request limits.

@@ -225,8 +225,10 @@ impl Checker<'_> {
                 "is \"off\" and no site uses TLS: nothing would be served".into(),
             );
         }
+        let compression = s.compression.as_ref().is_none_or(|c| *c.get_ref());
         Config {
             file: path.to_owned(),
+            compression,
             http,
             https,
             certs_dir,

@@ -93,6 +93,7 @@ pub struct RawServer {
     pub certs_dir: S<String>,
     pub access_log: S<String>,
     pub grace_period: S<String>,
+    pub compression: S<bool>,
 }
 
 /// `[timeouts]`: durations like "10s", "500ms", "2m".

@@ -8,6 +8,7 @@ mod balancing;
 mod buffering;
 mod caching;
 mod cli;
+mod compression;
 mod proxying;
 mod python_apps;
 mod routing;

@@ -1,0 +1,86 @@
+//! Response compression (tower-http) by Accept-Encoding, for proxied and static responses.
+
+use crate::support::{Client, Proto, TestServer, Upstream};
+
+fn config(up: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/files/\"\nstatic = \"{{dir}}/public\"\nstrip_prefix = true\n[[site.route]]\npath = \"/\"\nproxy = [\"{up}\"]\n"
+    )
+}
+
+fn accepting(path: &str, encodings: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut r = crate::support::client::get("app.test", path);
+    r.headers_mut()
+        .insert("accept-encoding", encodings.parse().unwrap());
+    r
+}
+
+/// usher in a temp folder with `public/` holding a large page and a tiny file; keep the
+/// folder until the test ends.
+async fn start(extra: &str) -> (TestServer, Upstream, tempfile::TempDir) {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("public");
+    std::fs::create_dir(&public).unwrap();
+    std::fs::write(public.join("page.html"), "<p>hello</p>\n".repeat(500)).unwrap();
+    std::fs::write(public.join("tiny.txt"), "tiny").unwrap();
+    let text = format!(
+        "{}{}",
+        crate::support::server::SERVER_SECTION,
+        config(&app.addr, extra)
+    );
+    let usher = TestServer::start_in(dir.path(), &text).await;
+    (usher, app, dir)
+}
+
+/// Each encoding the client prefers, for a 16 KiB proxied body: smaller, labelled, and
+/// with Vary: Accept-Encoding; no compression for a client that does not ask.
+#[tokio::test]
+async fn proxied_responses_are_compressed_by_accept_encoding() {
+    let (usher, _app, _dir) = start("").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for (accept, expect) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip, br;q=1.0, zstd;q=0.5", "br"),
+    ] {
+        let r = c.send(accepting("/stream?chunks=1&ms=0", accept)).await;
+        assert_eq!(r.header("content-encoding"), expect, "{accept}");
+        assert!(r.body.len() < 1024, "{accept}: {} bytes", r.body.len());
+        assert!(r
+            .header("vary")
+            .to_ascii_lowercase()
+            .contains("accept-encoding"));
+    }
+    let plain = c.get("app.test", "/stream?chunks=1&ms=0").await;
+    assert_eq!(plain.header("content-encoding"), "");
+    assert_eq!(plain.body.len(), 16 * 1024);
+    assert!(plain
+        .header("vary")
+        .to_ascii_lowercase()
+        .contains("accept-encoding"));
+}
+
+/// Static files without a precompressed sibling are compressed; tiny bodies are not.
+#[tokio::test]
+async fn static_files_are_compressed_but_not_tiny_ones() {
+    let (usher, _app, _dir) = start("").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.send(accepting("/files/page.html", "gzip")).await;
+    assert_eq!(r.header("content-encoding"), "gzip");
+    assert!(r.body.len() < 500);
+    let r = c.send(accepting("/files/tiny.txt", "gzip")).await;
+    assert_eq!(r.header("content-encoding"), "");
+    assert_eq!(r.text(), "tiny");
+}
+
+/// `compression = false` (in `[server]`) turns it off.
+#[tokio::test]
+async fn compression_can_be_turned_off() {
+    let (usher, _app, _dir) = start("compression = false").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.send(accepting("/stream?chunks=1&ms=0", "gzip")).await;
+    assert_eq!(r.header("content-encoding"), "");
+    assert_eq!(r.body.len(), 16 * 1024);
+}
