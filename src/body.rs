@@ -11,6 +11,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use tower_http::compression::CompressionBody;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
@@ -34,6 +35,8 @@ pin_project! {
         Spooled { body: SpooledResponse },
         /// A small upstream response read whole (response buffering).
         Held { body: HeldResponse },
+        /// Any of the others, compressed for a client that accepts it.
+        Compressed { body: Pin<Box<CompressionBody<Body>>> },
     }
 }
 
@@ -66,6 +69,7 @@ impl HttpBody for Body {
             BodyProj::Static { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::Spooled { body } => Pin::new(body).poll_frame(cx),
             BodyProj::Held { body } => Pin::new(body).poll_frame(cx),
+            BodyProj::Compressed { body } => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -76,6 +80,7 @@ impl HttpBody for Body {
             Body::Static { body } => body.is_end_stream(),
             Body::Spooled { body } => body.is_end_stream(),
             Body::Held { body } => body.is_end_stream(),
+            Body::Compressed { body } => body.is_end_stream(),
         }
     }
 
@@ -88,6 +93,7 @@ impl HttpBody for Body {
             Body::Static { body } => body.size_hint(),
             Body::Spooled { body } => body.size_hint(),
             Body::Held { body } => body.size_hint(),
+            Body::Compressed { body } => body.size_hint(),
         }
     }
 }

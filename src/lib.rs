@@ -24,6 +24,7 @@ pub mod body;
 pub mod buffer;
 pub mod cache;
 pub mod certs;
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod headers;

@@ -56,6 +56,8 @@ pub struct Proxy {
     rate: Option<RateLimiter>,
     /// The response cache, when a route uses it.
     cache: Option<Arc<Cache>>,
+    /// `server.compression`.
+    compression: bool,
 }
 
 impl Proxy {
@@ -83,6 +85,7 @@ impl Proxy {
                 .flat_map(|s| &s.routes)
                 .any(|r| r.cache.is_some())
                 .then(|| Cache::new(&config.cache)),
+            compression: config.compression,
         }
     }
 
@@ -101,6 +104,10 @@ impl Proxy {
             req.uri().clone(),
             req.headers().get(header::HOST).cloned(),
         );
+        let accept = self
+            .compression
+            .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
+            .flatten();
         let resp = match self.try_handle(req, &conn, &mut tail).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -117,6 +124,13 @@ impl Proxy {
             }
         };
         tail.set_status(resp.status());
+        // compressed after the cache and the buffers: they keep the identity body
+        let resp = match accept {
+            Some(a) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                crate::compress::compress(&a, resp).await
+            }
+            _ => resp,
+        };
         resp.map(|b| Logged::new(b, tail))
     }
 

@@ -14,17 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
-use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::access_log::AccessLog;
 use crate::acme::{AcmeManager, Challenges, ManagedSite, ACME_TLS_ALPN};
@@ -218,8 +216,6 @@ struct Shared {
     hard_stop: CancellationToken,
     /// `max_connections` and `max_connections_per_ip`.
     caps: ConnCaps,
-    /// `server.compression`.
-    compression: bool,
 }
 
 /// Caps on client connections: in all, and per client IP address (0: no cap). Checked once
@@ -384,7 +380,6 @@ pub async fn start_with_log(
         },
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
-        compression: config.compression,
         caps: ConnCaps {
             total: config.limits.max_connections,
             per_ip: config.limits.max_connections_per_ip,
@@ -620,37 +615,10 @@ where
     });
     let svc = {
         let (shared, info) = (shared.clone(), info.clone());
-        let enabled = shared.compression;
-        // Compression (tower-http) by Accept-Encoding: brotli, zstd or gzip for bodies over
-        // 256 bytes of a compressible type; never for ranges, bodies already encoded (the
-        // app's, or a precompressed static sibling), images, media, archives, gRPC or event
-        // streams. Vary: Accept-Encoding goes on every compressible response.
-        let compress = CompressionLayer::new()
-            .quality(CompressionLevel::Fastest)
-            .compress_when(
-                SizeAbove::new(256)
-                    .and(NotForContentType::GRPC)
-                    .and(NotForContentType::IMAGES)
-                    .and(NotForContentType::SSE)
-                    .and(NotForContentType::const_new("video/"))
-                    .and(NotForContentType::const_new("audio/"))
-                    .and(NotForContentType::const_new("font/woff"))
-                    .and(NotForContentType::const_new("application/zip"))
-                    .and(NotForContentType::const_new("application/gzip"))
-                    .and(NotForContentType::const_new("application/zstd"))
-                    .and(NotForContentType::const_new("application/octet-stream"))
-                    .and(
-                        move |_: http::StatusCode,
-                              _: http::Version,
-                              _: &http::HeaderMap,
-                              _: &http::Extensions| enabled,
-                    ),
-            );
-        let inner = tower::service_fn(move |req| {
+        service_fn(move |req| {
             let (shared, info) = (shared.clone(), info.clone());
             async move { Ok::<_, std::convert::Infallible>(shared.proxy.handle(req, info).await) }
-        });
-        TowerToHyperService::new(tower::ServiceBuilder::new().layer(compress).service(inner))
+        })
     };
     // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);

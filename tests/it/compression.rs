@@ -34,7 +34,8 @@ async fn start(extra: &str) -> (TestServer, Upstream, tempfile::TempDir) {
 }
 
 /// Each encoding the client prefers, for a 16 KiB proxied body: smaller, labelled, and
-/// with Vary: Accept-Encoding; no compression for a client that does not ask.
+/// with Vary: Accept-Encoding; a client that does not ask gets the body as it is (an
+/// identity body is right for everyone, so it needs no Vary).
 #[tokio::test]
 async fn proxied_responses_are_compressed_by_accept_encoding() {
     let (usher, _app, _dir) = start("").await;
@@ -56,10 +57,6 @@ async fn proxied_responses_are_compressed_by_accept_encoding() {
     let plain = c.get("app.test", "/stream?chunks=1&ms=0").await;
     assert_eq!(plain.header("content-encoding"), "");
     assert_eq!(plain.body.len(), 16 * 1024);
-    assert!(plain
-        .header("vary")
-        .to_ascii_lowercase()
-        .contains("accept-encoding"));
 }
 
 /// Static files without a precompressed sibling are compressed; tiny bodies are not.

@@ -1,0 +1,49 @@
+//! Response compression with tower-http, applied per request and only to requests that
+//! send Accept-Encoding: a client that cannot take it costs nothing.
+//!
+//! brotli, zstd or gzip (the client's preference first) at the fastest level, for bodies
+//! over 256 bytes of compressible types; never for ranges, bodies already encoded (an app's
+//! own, or a precompressed static sibling), images, media, archives, gRPC or event streams.
+//! Vary: Accept-Encoding goes on every compressible response.
+
+use std::convert::Infallible;
+
+use http::{header, Request, Response};
+use tower::{Layer, ServiceExt};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+
+use crate::body::Body;
+
+/// Compresses `resp` as the client's `accept` allows.
+pub async fn compress(accept: &http::HeaderValue, resp: Response<Body>) -> Response<Body> {
+    let mut resp = Some(resp);
+    let predicate = SizeAbove::new(256)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE)
+        .and(NotForContentType::const_new("video/"))
+        .and(NotForContentType::const_new("audio/"))
+        .and(NotForContentType::const_new("font/woff"))
+        .and(NotForContentType::const_new("application/zip"))
+        .and(NotForContentType::const_new("application/gzip"))
+        .and(NotForContentType::const_new("application/zstd"))
+        .and(NotForContentType::const_new("application/octet-stream"));
+    let svc = CompressionLayer::new()
+        .quality(CompressionLevel::Fastest)
+        .compress_when(predicate)
+        .layer(tower::service_fn(move |_: Request<()>| {
+            // oneshot calls it once
+            std::future::ready(Ok::<_, Infallible>(
+                resp.take().unwrap_or_else(|| Response::new(Body::empty())),
+            ))
+        }));
+    // the layer reads only Accept-Encoding from the request
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(header::ACCEPT_ENCODING, accept.clone());
+    match svc.oneshot(req).await {
+        Ok(r) => r.map(|b| Body::Compressed { body: Box::pin(b) }),
+        Err(never) => match never {},
+    }
+}
