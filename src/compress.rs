@@ -17,6 +17,7 @@ use crate::body::Body;
 
 /// Compresses `resp` as the client's `accept` allows.
 pub async fn compress(accept: &http::HeaderValue, resp: Response<Body>) -> Response<Body> {
+    let was_encoded = resp.headers().contains_key(header::CONTENT_ENCODING);
     let mut resp = Some(resp);
     let predicate = SizeAbove::new(256)
         .and(NotForContentType::GRPC)
@@ -42,8 +43,23 @@ pub async fn compress(accept: &http::HeaderValue, resp: Response<Body>) -> Respo
     let mut req = Request::new(());
     req.headers_mut()
         .insert(header::ACCEPT_ENCODING, accept.clone());
-    match svc.oneshot(req).await {
+    let mut resp = match svc.oneshot(req).await {
         Ok(r) => r.map(|b| Body::Compressed { body: Box::pin(b) }),
         Err(never) => match never {},
+    };
+    // compressed here: a strong ETag no longer names these bytes, so it becomes weak
+    if !was_encoded && resp.headers().contains_key(header::CONTENT_ENCODING) {
+        if let Some(tag) = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        {
+            if !tag.starts_with("W/") {
+                if let Ok(weak) = http::HeaderValue::from_str(&format!("W/{tag}")) {
+                    resp.headers_mut().insert(header::ETAG, weak);
+                }
+            }
+        }
     }
+    resp
 }

@@ -77,8 +77,35 @@ impl StaticFiles {
         if accepts("gzip") && self.sibling_ok(&file, "gz").await {
             svc = svc.precompressed_gzip();
         }
+        let client_tags = req
+            .headers()
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>();
         let resp = svc.oneshot(req).await.unwrap_or_else(|e| match e {});
-        Ok(resp.map(|body| Body::Static { body }))
+        let mut resp = resp.map(|body| Body::Static { body });
+        // A strong ETag from the file's size and modification time (as nginx makes it), one
+        // per encoding served, and a 304 when the client already has it.
+        if let (Some(etag), true) = (etag(&file, resp.headers()), resp.status().is_success()) {
+            if resp.status() == StatusCode::OK && client_tags.iter().any(|v| etag_listed(v, &etag))
+            {
+                let mut not_modified = Response::new(Body::empty());
+                *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+                for name in [
+                    header::LAST_MODIFIED,
+                    header::CONTENT_ENCODING,
+                    header::VARY,
+                ] {
+                    if let Some(v) = resp.headers().get(&name) {
+                        not_modified.headers_mut().insert(name, v.clone());
+                    }
+                }
+                resp = not_modified;
+            }
+            resp.headers_mut().insert(header::ETAG, etag);
+        }
+        Ok(resp)
     }
 
     async fn resolve(&self, rel: &str, slashed: bool) -> Result<Resolved, ProxyError> {
@@ -156,6 +183,38 @@ pub fn sanitize(raw: &str) -> Result<PathBuf, ProxyError> {
         }
     }
     Ok(out)
+}
+
+/// `"MTIME-SIZE"` in hex, with the encoding's name when a precompressed sibling was served
+/// (each representation has its own strong validator).
+fn etag(file: &Path, headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let meta = std::fs::metadata(file).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|e| format!("-{e}"))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "\"{:x}{:x}-{:x}{encoding}\"",
+        mtime.as_secs(),
+        mtime.subsec_nanos(),
+        meta.len()
+    ))
+    .ok()
+}
+
+/// Whether an If-None-Match value lists `etag` (weak comparison, RFC 9110 section 13.1.2).
+fn etag_listed(value: &HeaderValue, etag: &HeaderValue) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let ours = opaque(etag.to_str().unwrap_or(""));
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim() == "*" || opaque(t) == ours))
 }
 
 fn add_slash<B>(req: &Request<B>) -> Response<Body> {

@@ -81,3 +81,46 @@ async fn compression_can_be_turned_off() {
     assert_eq!(r.header("content-encoding"), "");
     assert_eq!(r.body.len(), 16 * 1024);
 }
+
+/// Static files carry a strong ETag and answer If-None-Match with 304; compressing one on
+/// the fly weakens its ETag (the bytes differ), and a precompressed sibling has its own.
+#[tokio::test]
+async fn static_files_have_etags_and_answer_if_none_match() {
+    let (usher, _app, dir) = start("").await;
+    std::fs::write(dir.path().join("public/pre.js"), "x".repeat(2000)).unwrap();
+    std::fs::write(dir.path().join("public/pre.js.gz"), "gzipped bytes").unwrap();
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.get("app.test", "/files/page.html").await;
+    let etag = r.header("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 4, "{etag:?}");
+    let mut again = crate::support::client::get("app.test", "/files/page.html");
+    again
+        .headers_mut()
+        .insert("if-none-match", etag.parse().unwrap());
+    let r = c.send(again).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), etag);
+    // another ETag in the list, or none matching: the file
+    let mut other = crate::support::client::get("app.test", "/files/page.html");
+    other
+        .headers_mut()
+        .insert("if-none-match", "\"nope\"".parse().unwrap());
+    assert_eq!(c.send(other).await.status, 200);
+    // compressed on the fly: weak
+    let r = c.send(accepting("/files/page.html", "gzip")).await;
+    assert_eq!(r.header("etag"), format!("W/{etag}"));
+    // the precompressed sibling: a strong ETag of its own
+    let plain = c
+        .get("app.test", "/files/pre.js")
+        .await
+        .header("etag")
+        .to_owned();
+    let gz = c.send(accepting("/files/pre.js", "gzip")).await;
+    assert_eq!(gz.header("content-encoding"), "gzip");
+    let gz_tag = gz.header("etag");
+    assert!(
+        !gz_tag.starts_with("W/") && gz_tag != plain,
+        "{plain} {gz_tag}"
+    );
+}
