@@ -348,6 +348,28 @@ impl Cache {
         pending.stale.is_some()
     }
 
+    /// Drops the entries for `host` and `path` (any scheme, query and key headers), or with
+    /// `prefix` every entry whose path starts with `path`.
+    pub fn purge(&self, host: &str, path: &str, prefix: bool) {
+        let host = host.to_ascii_lowercase();
+        let (path, host_owned) = (path.to_owned(), host);
+        let _ = self.store.invalidate_entries_if(move |k, _| {
+            let rest = k
+                .strip_prefix("https://")
+                .or_else(|| k.strip_prefix("http://"))
+                .unwrap_or(k);
+            let Some(p) = rest.strip_prefix(host_owned.as_str()) else {
+                return false;
+            };
+            let p = p.split('\n').next().unwrap_or(p);
+            if prefix {
+                p.starts_with(path.as_str())
+            } else {
+                p.split('?').next() == Some(path.as_str())
+            }
+        });
+    }
+
     /// Drops every entry for the target of an unsafe request that succeeded (RFC 9111
     /// section 4.4), whatever its key headers.
     pub fn invalidate(&self, key: &str) {

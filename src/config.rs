@@ -48,6 +48,8 @@ pub struct Config {
     pub buffering: Buffering,
     /// The response cache's storage (used by routes with `cache`).
     pub cache: CacheSettings,
+    /// The admin listener's address, when on.
+    pub admin: Option<SocketAddr>,
     /// Automatic certificates (used by `tls = "acme"` sites).
     pub acme: Acme,
     /// The sites, in file order.

@@ -79,6 +79,9 @@ pub enum ProxyError {
     /// The upstream's response body failed before its head was sent on (response buffering).
     #[error("upstream response body failed")]
     UpstreamBody,
+    /// A method this listener refuses.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
     /// The client's address sent more requests than `rate_per_ip` allows.
     #[error("rate limit reached; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
@@ -113,6 +116,7 @@ impl ProxyError {
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Spool(_) => StatusCode::INSUFFICIENT_STORAGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -128,7 +132,8 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::UriTooLong { .. }
             | ProxyError::ClientTimeout(_)
-            | ProxyError::RateLimited { .. } => Side::Client,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::MethodNotAllowed(_) => Side::Client,
             ProxyError::Static(_) | ProxyError::Spool(_) => Side::Usher,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamConnectTimeout { .. }
@@ -156,6 +161,7 @@ impl ProxyError {
             StatusCode::PAYLOAD_TOO_LARGE => "413 content too large\n",
             StatusCode::URI_TOO_LONG => "414 URI too long\n",
             StatusCode::TOO_MANY_REQUESTS => "429 too many requests: slow down\n",
+            StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed\n",
             StatusCode::REQUEST_TIMEOUT => "408 request timeout: the request arrived too slowly\n",
             StatusCode::INSUFFICIENT_STORAGE => {
                 "507 insufficient storage: the request could not be buffered\n"

@@ -20,6 +20,7 @@
 
 pub mod access_log;
 pub mod acme;
+pub mod admin;
 pub mod body;
 pub mod buffer;
 pub mod cache;

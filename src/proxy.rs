@@ -89,6 +89,11 @@ impl Proxy {
         }
     }
 
+    /// The response cache, when a route uses it.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
+    }
+
     /// The body buffers (for their memory figure).
     pub fn buffers(&self) -> &Arc<Buffers> {
         &self.buffers
@@ -154,6 +159,12 @@ impl Proxy {
                 );
                 return Ok(resp);
             }
+        }
+        if req.method().as_str() == "PURGE" {
+            // cache purges belong on the admin listener only
+            return Err(ProxyError::MethodNotAllowed(
+                "PURGE is for the admin listener",
+            ));
         }
         if let Some(rate) = &self.rate {
             rate.check(conn.peer.ip())

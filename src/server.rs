@@ -182,6 +182,8 @@ pub struct ServerHandle {
     pub http_addr: Option<SocketAddr>,
     /// The TLS listener's address.
     pub https_addr: Option<SocketAddr>,
+    /// The admin listener's address, when on.
+    pub admin_addr: Option<SocketAddr>,
     /// Where the local CA certificate is, when a site uses `tls = "internal"`.
     pub local_ca: Option<String>,
     shutdown: CancellationToken,
@@ -414,6 +416,20 @@ pub async fn start_with_log(
             .start(acme_sites, shutdown.clone(), &acme_tasks)
             .await;
     }
+    let admin_addr = match config.admin {
+        Some(addr) => {
+            let listener = bind(addr)?;
+            let local = listener.local_addr().ok();
+            tokio::spawn(crate::admin::serve(
+                listener,
+                shared.proxy.cache().cloned(),
+                shutdown.clone(),
+            ));
+            tracing::info!(addr = ?local, "admin listener on");
+            local
+        }
+        None => None,
+    };
     let tracker = TaskTracker::new();
     let mut accepting = Vec::new();
     for (listener, is_tls) in [(http, false), (https, true)] {
@@ -456,6 +472,7 @@ pub async fn start_with_log(
     Ok(ServerHandle {
         http_addr,
         https_addr,
+        admin_addr,
         local_ca: local_ca.map(|ca| ca.cert_location().to_owned()),
         shutdown,
         done,

@@ -194,6 +194,11 @@ impl Checker<'_> {
         let limits = self.limits(&raw.limits);
         let buffering = self.buffering(&raw.buffering);
         let cache = self.cache_settings(&raw.cache);
+        let admin = raw
+            .admin
+            .listen
+            .as_ref()
+            .and_then(|_| self.listener(&raw.admin.listen, "admin.listen", "off"));
         let upstreams = self.upstreams(&raw.upstreams);
         if raw.sites.is_empty() {
             self.issue(
@@ -240,6 +245,7 @@ impl Checker<'_> {
             limits,
             buffering,
             cache,
+            admin,
             sites,
         }
     }

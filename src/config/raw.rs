@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<Spanned<RawSite>>,
@@ -179,6 +181,13 @@ pub struct RawRouteCache {
     pub ignore_query: S<bool>,
     pub key_headers: S<Vec<Spanned<String>>>,
     pub stale_if_error: S<String>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: S<String>,
 }
 
 /// `[cache]`: the response cache's storage.

@@ -201,3 +201,60 @@ async fn an_unsafe_method_invalidates_the_target() {
     assert!(r.header("cache-status").contains("fwd=miss"));
     assert_eq!(app.seen().len(), 3);
 }
+
+/// PURGE works on the admin listener only: the public one answers 405 and purges nothing;
+/// the admin one drops a URL's entries, or every entry under a prefix.
+#[tokio::test]
+async fn purge_is_for_the_admin_listener_only() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config(&app.addr, "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for p in [
+        "/cache/max-age=60/x?a=1",
+        "/cache/max-age=60/y",
+        "/cache/max-age=60/z",
+    ] {
+        c.get("app.test", p).await;
+    }
+    let purge = |path: &str| {
+        http::Request::builder()
+            .method("PURGE")
+            .uri(path)
+            .header("host", "app.test")
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    let r = c.send(purge("/cache/max-age=60/x")).await;
+    assert_eq!(r.status, 405);
+    assert!(c
+        .get("app.test", "/cache/max-age=60/x?a=1")
+        .await
+        .header("cache-status")
+        .contains("hit"));
+    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
+    assert_eq!(admin.send(purge("/cache/max-age=60/x")).await.status, 200);
+    let r = c.get("app.test", "/cache/max-age=60/x?a=1").await;
+    assert!(
+        r.header("cache-status").contains("fwd=miss"),
+        "{:?}",
+        r.headers
+    );
+    assert!(c
+        .get("app.test", "/cache/max-age=60/y")
+        .await
+        .header("cache-status")
+        .contains("hit"));
+    assert_eq!(admin.send(purge("/cache/*")).await.status, 200);
+    for p in ["/cache/max-age=60/y", "/cache/max-age=60/z"] {
+        assert!(c
+            .get("app.test", p)
+            .await
+            .header("cache-status")
+            .contains("fwd=miss"));
+    }
+    assert_eq!(admin.get("app.test", "/healthz").await.status, 200);
+}

@@ -96,6 +96,14 @@ impl TestServer {
         self.https.expect("no TLS listener: no site uses TLS")
     }
 
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.handle
+            .as_ref()
+            .and_then(|h| h.admin_addr)
+            .expect("no [admin] listen in the config")
+    }
+
     /// The local CA PEM.
     pub fn ca(&self) -> &str {
         self.ca_pem
