@@ -306,6 +306,9 @@ impl Cache {
                 return After::Refreshed(resp);
             }
         }
+        if sets_cookie_privately(&head.headers) {
+            return After::Pass;
+        }
         let policy = CachePolicy::new(&pending.request, head);
         if policy.is_storable() && pending.request.method == Method::GET {
             return After::Store(Box::new(policy));
@@ -455,6 +458,24 @@ impl Entry {
         }
         resp
     }
+}
+
+/// A response that sets a cookie is someone's own unless it says it may be shared
+/// (`public` or `s-maxage`): a shared cache must not hand one client's cookie to another.
+fn sets_cookie_privately(headers: &HeaderMap) -> bool {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return false;
+    }
+    let shared = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            d == "public" || d.starts_with("s-maxage")
+        });
+    !shared
 }
 
 /// Whether the client's If-None-Match names the stored ETag (weak comparison, RFC 9110

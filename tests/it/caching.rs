@@ -258,3 +258,67 @@ async fn purge_is_for_the_admin_listener_only() {
     }
     assert_eq!(admin.get("app.test", "/healthz").await.status, 200);
 }
+
+/// What a shared cache must not keep, or cannot: a Set-Cookie response without public or
+/// s-maxage, a response to an Authorization request, a body over max_entry (passed through
+/// whole) and malformed Cache-Control (never fresh). A Vary of 200 headers still works.
+#[tokio::test]
+async fn what_is_not_stored_passes_through() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[cache]\nmax_entry = \"100KiB\"\n{}",
+        config(&app.addr, "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let mut expected_upstream = 0;
+    for path in ["/cache/max-age=60/cookie", "/cache/max-age=60/big"] {
+        for _ in 0..2 {
+            let r = c.get("app.test", path).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert!(
+                r.header("cache-status").contains("fwd=miss"),
+                "{path}: {:?}",
+                r.headers
+            );
+            expected_upstream += 1;
+        }
+    }
+    assert_eq!(
+        c.get("app.test", "/cache/max-age=60/big").await.body.len(),
+        300_000
+    );
+    expected_upstream += 1;
+    // a malformed max-age never makes an entry fresh: the second request revalidates
+    for _ in 0..2 {
+        let r = c.get("app.test", "/cache/max-age=banana/malformed").await;
+        assert_eq!(r.status, 200);
+        assert!(!r.header("cache-status").contains("hit"), "{:?}", r.headers);
+        expected_upstream += 1;
+    }
+    // an Authorization request's response is not shared (no public or s-maxage)
+    for _ in 0..2 {
+        c.send(with_header(
+            "/cache/max-age=60/auth",
+            "authorization",
+            "Bearer x",
+        ))
+        .await;
+        expected_upstream += 1;
+    }
+    // but a cookie set with public is, and a huge Vary list is handled
+    for path in [
+        "/cache/public,max-age=60/cookie",
+        "/cache/max-age=60/many-vary",
+    ] {
+        c.get("app.test", path).await;
+        let r = c.get("app.test", path).await;
+        assert!(
+            r.header("cache-status").contains("hit"),
+            "{path}: {:?}",
+            r.headers
+        );
+        expected_upstream += 1;
+    }
+    assert_eq!(app.seen().len(), expected_upstream);
+}

@@ -368,6 +368,16 @@ async fn answer(
             if p.contains("vary") {
                 b = b.header("vary", "Accept-Language");
             }
+            if p.contains("many-vary") {
+                let names: Vec<String> = (0..200).map(|i| format!("x-v{i}")).collect();
+                b = b.header("vary", names.join(", "));
+            }
+            if p.contains("cookie") {
+                b = b.header("set-cookie", "session=secret");
+            }
+            if p.contains("big") {
+                return b.body(full("b".repeat(300_000))).unwrap();
+            }
             b.body(full(format!("{name} {p} {lang}"))).unwrap()
         }
         "/hop" => Response::builder()
