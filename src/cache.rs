@@ -58,6 +58,10 @@ pub enum Lookup {
     /// Nothing usable: go upstream (with these revalidation headers added, when a stale
     /// entry has a validator), then call [`Cache::after`].
     Miss(Box<Pending>),
+    /// A stale entry within stale-while-revalidate: send this now, and refresh the entry in
+    /// the background through the pending request (`None` when another refresh is under
+    /// way).
+    Stale(http::Response<Bytes>, Option<Box<Pending>>),
 }
 
 /// A request going upstream on behalf of the cache.
@@ -157,7 +161,12 @@ impl Cache {
 
     /// Looks `key` up for the request `parts`: a fresh entry is a hit; otherwise the caller
     /// goes upstream, after waiting (bounded) for another request fetching the same key.
-    pub async fn lookup(self: &Arc<Self>, key: Arc<str>, parts: &http::request::Parts) -> Lookup {
+    pub async fn lookup(
+        self: &Arc<Self>,
+        key: Arc<str>,
+        parts: &http::request::Parts,
+        route: &RouteCache,
+    ) -> Lookup {
         let mut waited = false;
         // a HEAD is answered from a GET's entry: judge it as that GET
         let as_get;
@@ -175,6 +184,33 @@ impl Cache {
             if let Some(e) = &entry {
                 match e.policy.before_request(judged, SystemTime::now()) {
                     BeforeRequest::Fresh(head) => return Lookup::Hit(e.respond(head, parts)),
+                    BeforeRequest::Stale { request, matches } if matches && e.within_swr(route) => {
+                        // serve it now; one background request refreshes it
+                        let mut resp = e.respond_stale(parts);
+                        set_status(
+                            resp.headers_mut(),
+                            "fwd=stale; detail=stale-while-revalidate",
+                        );
+                        let leader = {
+                            let mut fetching =
+                                self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+                            let free = !fetching.contains_key(&key);
+                            if free {
+                                fetching.insert(key.clone(), Arc::new(tokio::sync::Notify::new()));
+                            }
+                            free
+                        };
+                        let pending = leader.then(|| {
+                            let mut p =
+                                self.pending(key.clone(), parts, entry.clone(), request.headers);
+                            p._leader = Some(Leader {
+                                cache: self.clone(),
+                                key: key.clone(),
+                            });
+                            Box::new(p)
+                        });
+                        return Lookup::Stale(resp, pending);
+                    }
                     BeforeRequest::Stale { request, matches } if matches => {
                         // revalidate (or refetch) through this request
                         return Lookup::Miss(Box::new(self.pending(
@@ -401,19 +437,46 @@ impl Entry {
 
     /// `stale-if-error=N` from the stored response's Cache-Control.
     fn stale_if_error(&self) -> Duration {
+        self.directive("stale-if-error=")
+    }
+
+    /// `NAME=N` seconds from the stored response's Cache-Control (zero when absent).
+    fn directive(&self, name: &str) -> Duration {
         self.headers
             .get_all(header::CACHE_CONTROL)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .find_map(|d| {
-                d.trim()
-                    .strip_prefix("stale-if-error=")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
+            .find_map(|d| d.trim().strip_prefix(name)?.trim().parse().ok())
             .map_or(Duration::ZERO, Duration::from_secs)
+    }
+
+    /// Whether it went stale less than stale-while-revalidate ago (the route's default or
+    /// the response's own directive), and may be served while it is refreshed. Never for
+    /// responses that must be revalidated first.
+    fn within_swr(&self, route: &RouteCache) -> bool {
+        let allowed = route
+            .stale_while_revalidate
+            .max(self.directive("stale-while-revalidate="));
+        if allowed.is_zero()
+            || self.directive_present("must-revalidate")
+            || self.directive_present("no-cache")
+        {
+            return false;
+        }
+        let age = SystemTime::now()
+            .duration_since(self.stored)
+            .unwrap_or_default();
+        age <= self.policy.time_to_live(self.stored) + allowed
+    }
+
+    fn directive_present(&self, name: &str) -> bool {
+        self.headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case(name))
     }
 
     /// A hit: the stored response with the policy's current headers (Age), or a 304 when

@@ -153,6 +153,8 @@ pub struct RouteCache {
     pub key_headers: Vec<http::HeaderName>,
     /// How long a stale entry may still be served when the app fails (0: never).
     pub stale_if_error: Duration,
+    /// How long after going stale an entry is still served while one request refreshes it.
+    pub stale_while_revalidate: Duration,
 }
 
 /// How a proxy route treats bodies.

@@ -236,7 +236,7 @@ impl Proxy {
 /// buffer the response, rewrite headers, respond.
 async fn forward(
     proxy: &Proxy,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     route: &RouteEntry,
     mut req: Request<Incoming>,
     stripped: Option<String>,
@@ -320,8 +320,20 @@ async fn forward(
         let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
         let key = Cache::key(rc, conn.tls, key_host, &parts);
         if cache::applies(&parts.method) {
-            match cache.lookup(key, &parts).await {
+            match cache.lookup(key, &parts, rc).await {
                 Lookup::Hit(resp) => return Ok(resp.map(Body::full)),
+                Lookup::Stale(resp, refresh) => {
+                    if let Some(p) = refresh {
+                        tokio::spawn(refresh_entry(
+                            pool.clone(),
+                            cache.clone(),
+                            p,
+                            parts,
+                            conn.peer.ip(),
+                        ));
+                    }
+                    return Ok(resp.map(Body::full));
+                }
                 Lookup::Miss(p) => {
                     // the cache fetches whole responses: the client's own conditionals
                     // are answered from what comes back
@@ -427,6 +439,41 @@ async fn forward(
         },
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Refreshes a cache entry served stale (stale-while-revalidate) with one request of its
+/// own: a 304 renews it, a new storable response replaces it.
+async fn refresh_entry(
+    pool: Arc<Pool>,
+    cache: Arc<Cache>,
+    pending: Box<cache::Pending>,
+    mut parts: http::request::Parts,
+    client: std::net::IpAddr,
+) {
+    parts.headers.remove(header::IF_NONE_MATCH);
+    parts.headers.remove(header::IF_MODIFIED_SINCE);
+    parts.headers.extend(pending.revalidate.clone());
+    let sent = match pool
+        .send(Request::from_parts(parts, ReqBody::Empty), client)
+        .await
+    {
+        Ok(sent) => sent,
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "background refresh of a cache entry failed");
+            return;
+        }
+    };
+    let (mut head, body) = sent.response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    if let After::Store(policy) = cache.after(&pending, &head) {
+        let len = http_body::Body::size_hint(&body).exact();
+        if len.is_some_and(|n| n <= cache.max_entry() as u64) {
+            if let Ok(data) = http_body_util::BodyExt::collect(body).await {
+                cache.store(&pending, *policy, &head, data.to_bytes());
+            }
+        }
+    }
 }
 
 /// The request body to send upstream. With request buffering (the route's default), the

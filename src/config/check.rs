@@ -360,6 +360,11 @@ impl Checker<'_> {
                 &format!("{key}.stale_if_error"),
                 Duration::ZERO,
             ),
+            stale_while_revalidate: self.duration(
+                &c.stale_while_revalidate,
+                &format!("{key}.stale_while_revalidate"),
+                Duration::ZERO,
+            ),
         }
     }
 

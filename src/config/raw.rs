@@ -181,6 +181,7 @@ pub struct RawRouteCache {
     pub ignore_query: S<bool>,
     pub key_headers: S<Vec<Spanned<String>>>,
     pub stale_if_error: S<String>,
+    pub stale_while_revalidate: S<String>,
 }
 
 /// `[admin]`: the admin listener.

@@ -322,3 +322,41 @@ async fn what_is_not_stored_passes_through() {
     }
     assert_eq!(app.seen().len(), expected_upstream);
 }
+
+/// stale-while-revalidate: a stale entry is served at once and refreshed by one request in
+/// the background; then it is fresh again.
+#[tokio::test]
+async fn stale_while_revalidate_serves_then_refreshes() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "stale_while_revalidate = \"1h\"")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/cache/max-age=1/swr").await;
+    // the entry's lifetime passing is the behaviour under test
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = c.get("app.test", "/cache/max-age=1/swr").await;
+    assert_eq!(stale.text(), first.text());
+    assert!(
+        stale
+            .header("cache-status")
+            .contains("stale-while-revalidate"),
+        "{:?}",
+        stale.headers
+    );
+    crate::support::eventually("the background refresh reaches the app", || {
+        app.seen().len() == 2
+    })
+    .await;
+    assert_eq!(app.seen()[1].headers["if-none-match"], first.header("etag"));
+    // the refreshed entry is stored just after the app answers: poll for the hit
+    let mut fresh = None;
+    for _ in 0..50 {
+        let r = c.get("app.test", "/cache/max-age=1/swr").await;
+        if r.header("cache-status").contains("hit") {
+            fresh = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fresh.is_some(), "the entry was not refreshed");
+    assert_eq!(app.seen().len(), 2);
+}
