@@ -15,11 +15,34 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::body::Body;
 
+/// Bodies this small are never compressed.
+const MIN_SIZE: u16 = 256;
+
+/// A quick look that rules most responses out before tower-http's machinery runs (it costs
+/// a few microseconds even when it decides not to compress): no body, a small one, or one
+/// already encoded.
+pub fn worth_a_look(resp: &Response<Body>) -> bool {
+    let status = resp.status();
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        return false;
+    }
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or_else(|| http_body::Body::size_hint(resp.body()).exact());
+    declared.is_none_or(|n| n > u64::from(MIN_SIZE))
+}
+
 /// Compresses `resp` as the client's `accept` allows.
 pub async fn compress(accept: &http::HeaderValue, resp: Response<Body>) -> Response<Body> {
     let was_encoded = resp.headers().contains_key(header::CONTENT_ENCODING);
     let mut resp = Some(resp);
-    let predicate = SizeAbove::new(256)
+    let predicate = SizeAbove::new(MIN_SIZE)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)
         .and(NotForContentType::SSE)

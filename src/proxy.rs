@@ -131,7 +131,7 @@ impl Proxy {
         tail.set_status(resp.status());
         // compressed after the cache and the buffers: they keep the identity body
         let resp = match accept {
-            Some(a) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            Some(a) if crate::compress::worth_a_look(&resp) => {
                 crate::compress::compress(&a, resp).await
             }
             _ => resp,
