@@ -34,6 +34,10 @@ use crate::upstream::{Pool, PooledConn, ReqBody};
 /// small enough that the wait is a single read.
 const HOLD_LIMIT: usize = 64 * 1024;
 
+/// Responses up to this size (of known length) pass straight through: they fit in the
+/// connection's buffers, so the app's connection is free as soon as they are read.
+const PASS_LIMIT: u64 = 16 * 1024;
+
 /// The path prefix reserved for ACME HTTP-01 challenges: never redirected or proxied.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -414,15 +418,18 @@ async fn forward(
     // Response buffering: read the app's response as fast as it comes, so its connection
     // and worker are free while a slow client downloads. Never for event streams and gRPC
     // (each message must go out as it comes) or bodies already complete.
-    if !policy.buffer_responses || body.is_end_stream() || is_stream(&parts) {
+    let declared = http_body::Body::size_hint(&body).exact();
+    // A body that fits the connection's own buffers (hyper's HTTP/1 write buffer, an HTTP/2
+    // stream's initial window) is drained from the app at once whatever the client's pace:
+    // buffering it would only add work (measured: 2 us a request on HTTP/2).
+    let fits_in_flight = declared.is_some_and(|n| n <= PASS_LIMIT);
+    if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || is_stream(&parts) {
         return Ok(Response::from_parts(parts, Body::Upstream { body }));
     }
     // A small body of known length is read whole right here (the common API response:
     // no task, no lock); anything else is read ahead on a task of its own, and flows on to
     // the client as it comes.
-    let small = http_body::Body::size_hint(&body)
-        .exact()
-        .filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
+    let small = declared.filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
     let body = match small {
         Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
             Ok(Ok(held)) => Body::Held { body: held },
