@@ -56,11 +56,6 @@ impl Buffers {
         self.settings.response_memory
     }
 
-    /// Bytes of body held in memory by all buffers now.
-    pub fn memory_used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-
     /// Takes `n` bytes of the global memory budget, if that many are left.
     fn reserve(&self, n: usize) -> bool {
         let mut used = self.used.load(Ordering::Relaxed);
@@ -121,21 +116,11 @@ enum SpoolData {
 }
 
 impl Spooled {
-    /// The body's length in bytes.
-    pub fn len(&self) -> u64 {
+    /// The body's size in bytes.
+    pub fn size(&self) -> u64 {
         match &*self.0 {
             SpoolData::Memory { len, .. } | SpoolData::File { len, .. } => *len,
         }
-    }
-
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether it went to disk.
-    pub fn on_disk(&self) -> bool {
-        matches!(&*self.0, SpoolData::File { .. })
     }
 
     /// A body that sends it from the start (each call is independent: a retry gets its own).
@@ -334,7 +319,7 @@ impl HttpBody for SpooledBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.len())
+        SizeHint::with_exact(self.data.size())
     }
 }
 

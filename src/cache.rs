@@ -10,15 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 
 use crate::config::{CacheSettings, RouteCache};
+use crate::headers::list_items;
 
 /// The longest a request waits for another one fetching the same key; then it goes
 /// upstream itself.
 const COALESCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Bytes counted for an entry's headers (the policy keeps the request's and the response's,
+/// the entry the response's): an estimate is enough for the memory bound.
+const HEADER_ESTIMATE: usize = 768;
 
 /// The `Cache-Status` cache name.
 const NAME: &str = "usher";
@@ -116,10 +121,7 @@ impl Cache {
         let store = moka::sync::Cache::builder()
             .max_capacity(settings.memory)
             .weigher(|k: &Arc<str>, e: &Arc<Entry>| {
-                let headers: usize = e
-                    .policy_headers_len()
-                    .saturating_add(k.len())
-                    .saturating_add(256);
+                let headers = HEADER_ESTIMATE.saturating_add(k.len());
                 u32::try_from(e.body.len().saturating_add(headers)).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
@@ -430,11 +432,6 @@ pub enum After {
 }
 
 impl Entry {
-    fn policy_headers_len(&self) -> usize {
-        // the policy keeps the request and response headers; an estimate is enough
-        512
-    }
-
     /// `stale-if-error=N` from the stored response's Cache-Control.
     fn stale_if_error(&self) -> Duration {
         self.directive("stale-if-error=")
@@ -442,12 +439,8 @@ impl Entry {
 
     /// `NAME=N` seconds from the stored response's Cache-Control (zero when absent).
     fn directive(&self, name: &str) -> Duration {
-        self.headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|d| d.trim().strip_prefix(name)?.trim().parse().ok())
+        list_items(&self.headers, header::CACHE_CONTROL)
+            .find_map(|d| d.strip_prefix(name)?.trim().parse().ok())
             .map_or(Duration::ZERO, Duration::from_secs)
     }
 
@@ -471,12 +464,7 @@ impl Entry {
     }
 
     fn directive_present(&self, name: &str) -> bool {
-        self.headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case(name))
+        list_items(&self.headers, header::CACHE_CONTROL).any(|d| d.eq_ignore_ascii_case(name))
     }
 
     /// A hit: the stored response with the policy's current headers (Age), or a 304 when
@@ -529,15 +517,11 @@ fn sets_cookie_privately(headers: &HeaderMap) -> bool {
     if !headers.contains_key(header::SET_COOKIE) {
         return false;
     }
-    let shared = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim().to_ascii_lowercase();
-            d == "public" || d.starts_with("s-maxage")
-        });
+    let shared = list_items(headers, header::CACHE_CONTROL).any(|d| {
+        d.eq_ignore_ascii_case("public")
+            || d.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("s-maxage"))
+    });
     !shared
 }
 
@@ -547,13 +531,8 @@ fn client_validator_matches(req: &http::request::Parts, stored: &HeaderMap) -> b
     let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-    req.headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || weak(t) == weak(etag))
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    list_items(&req.headers, header::IF_NONE_MATCH).any(|t| t == "*" || opaque(t) == opaque(etag))
 }
 
 /// Sets `Cache-Status: usher; DETAIL`.
@@ -562,5 +541,3 @@ pub fn set_status(headers: &mut HeaderMap, detail: &str) {
         headers.insert(HeaderName::from_static("cache-status"), v);
     }
 }
-
-use http::HeaderName;

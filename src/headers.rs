@@ -15,17 +15,27 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// The items of a comma-separated list header (RFC 9110 section 5.6.1), across all its
+/// fields, trimmed; fields that are not text are skipped.
+pub fn list_items(
+    headers: &HeaderMap,
+    name: impl header::AsHeaderName,
+) -> impl Iterator<Item = &str> + '_ {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it names, the fixed list above,
 /// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only; `Proxy-Connection`
 /// is a legacy Connection).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The common case, a request with none of them, costs one probe per name and no allocation.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);

@@ -24,7 +24,7 @@ use crate::buffer::{self, Buffers};
 use crate::cache::{self, After, Cache, Lookup};
 use crate::config::{BodyPolicy, Config, Timeouts};
 use crate::error::{ProxyError, Side};
-use crate::headers::{host_without_port, set_forwarded, strip_hop_by_hop};
+use crate::headers::{host_without_port, list_items, set_forwarded, strip_hop_by_hop};
 use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
@@ -96,11 +96,6 @@ impl Proxy {
     /// The response cache, when a route uses it.
     pub fn cache(&self) -> Option<&Arc<Cache>> {
         self.cache.as_ref()
-    }
-
-    /// The body buffers (for their memory figure).
-    pub fn buffers(&self) -> &Arc<Buffers> {
-        &self.buffers
     }
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
@@ -516,7 +511,7 @@ async fn request_body(
         buffer::read_request(body, policy.max_body_size, &proxy.buffers, &proxy.timeouts).await?;
     parts
         .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(spooled.len()));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(spooled.size()));
     Ok(ReqBody::Buffered(spooled.body()))
 }
 
@@ -539,18 +534,13 @@ fn noted(tail: &mut LogTail) -> impl FnOnce((ProxyError, Arc<str>)) -> ProxyErro
 
 /// Whether the client's `TE` lists `trailers`.
 fn te_trailers(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("trailers")
-        })
+    list_items(headers, header::TE).any(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("trailers")
+    })
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
@@ -558,13 +548,8 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks =
+        list_items(req.headers(), header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asks.then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
 }

@@ -217,7 +217,7 @@ struct Shared {
     /// Cancelled when the grace period is over: remaining connections are dropped.
     hard_stop: CancellationToken,
     /// `max_connections` and `max_connections_per_ip`.
-    caps: ConnCaps,
+    caps: Arc<ConnCaps>,
 }
 
 /// Caps on client connections: in all, and per client IP address (0: no cap). Checked once
@@ -231,21 +231,21 @@ struct ConnCaps {
 }
 
 /// A connection counted against the caps until dropped.
+#[derive(Debug)]
 struct CapSlot {
-    shared: Arc<Shared>,
+    caps: Arc<ConnCaps>,
     ip: Option<IpAddr>,
 }
 
 impl ConnCaps {
     /// A slot for a new connection from `ip`, or `None` when a cap is reached.
-    fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Option<CapSlot> {
-        let caps = &shared.caps;
+    fn admit(caps: &Arc<ConnCaps>, ip: IpAddr) -> Option<CapSlot> {
         if caps.total > 0 && caps.open.fetch_add(1, Ordering::Relaxed) >= caps.total {
             caps.open.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let mut slot = CapSlot {
-            shared: shared.clone(),
+            caps: caps.clone(),
             ip: None,
         };
         if caps.per_ip > 0 {
@@ -261,15 +261,9 @@ impl ConnCaps {
     }
 }
 
-impl std::fmt::Debug for CapSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CapSlot").field("ip", &self.ip).finish()
-    }
-}
-
 impl Drop for CapSlot {
     fn drop(&mut self) {
-        let caps = &self.shared.caps;
+        let caps = &self.caps;
         if caps.total > 0 {
             caps.open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -382,11 +376,11 @@ pub async fn start_with_log(
         },
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
-        caps: ConnCaps {
+        caps: Arc::new(ConnCaps {
             total: config.limits.max_connections,
             per_ip: config.limits.max_connections_per_ip,
             ..ConnCaps::default()
-        },
+        }),
     });
     // Stored ACME certificates are installed before the listeners accept, so those sites
     // serve from the first handshake.
@@ -560,7 +554,7 @@ async fn accept_loop(
             }
         };
         let slot = if shared.caps.total > 0 || shared.caps.per_ip > 0 {
-            match ConnCaps::admit(&shared, peer.ip()) {
+            match ConnCaps::admit(&shared.caps, peer.ip()) {
                 Some(slot) => Some(slot),
                 None => {
                     // closed at once, as HAProxy's connection rejects: nothing is read

@@ -87,7 +87,7 @@ impl StaticFiles {
         let mut resp = resp.map(|body| Body::Static { body });
         // A strong ETag from the file's size and modification time (as nginx makes it), one
         // per encoding served, and a 304 when the client already has it.
-        if let (Some(etag), true) = (etag(&file, resp.headers()), resp.status().is_success()) {
+        if let (Some(etag), true) = (etag(resp.headers()), resp.status().is_success()) {
             if resp.status() == StatusCode::OK && client_tags.iter().any(|v| etag_listed(v, &etag))
             {
                 let mut not_modified = Response::new(Body::empty());
@@ -186,26 +186,28 @@ pub fn sanitize(raw: &str) -> Result<PathBuf, ProxyError> {
 }
 
 /// `"MTIME-SIZE"` in hex, with the encoding's name when a precompressed sibling was served
-/// (each representation has its own strong validator).
-fn etag(file: &Path, headers: &http::HeaderMap) -> Option<HeaderValue> {
-    let meta = std::fs::metadata(file).ok()?;
-    let mtime = meta
-        .modified()
+/// (each representation has its own strong validator). Taken from the Last-Modified and
+/// length the file service already set, so the file is not looked at twice.
+fn etag(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let mtime = httpdate::parse_http_date(text(header::LAST_MODIFIED)?)
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
+        .ok()?
+        .as_secs();
+    // a range's Content-Range names the whole file's size
+    let size: u64 = match text(header::CONTENT_RANGE) {
+        Some(range) => range.rsplit('/').next()?.parse().ok()?,
+        None => text(header::CONTENT_LENGTH)?.parse().ok()?,
+    };
+    let encoding = text(header::CONTENT_ENCODING)
         .map(|e| format!("-{e}"))
         .unwrap_or_default();
-    HeaderValue::from_str(&format!(
-        "\"{:x}{:x}-{:x}{encoding}\"",
-        mtime.as_secs(),
-        mtime.subsec_nanos(),
-        meta.len()
-    ))
-    .ok()
+    HeaderValue::from_str(&format!("\"{mtime:x}-{size:x}{encoding}\"")).ok()
 }
 
 /// Whether an If-None-Match value lists `etag` (weak comparison, RFC 9110 section 13.1.2).
