@@ -3,7 +3,11 @@
 //! The rules (storability, freshness, Vary, validation, Age) are the http-cache-semantics
 //! crate's; this module keeps entries in a memory tier bounded in bytes (moka, TinyLFU
 //! admission and LRU eviction), makes concurrent misses for one key share one upstream
-//! request, and reports what happened in a `Cache-Status` header (RFC 9211).
+//! request, and reports what happened in a `Cache-Status` header (RFC 9211). With
+//! `[cache] disk_dir`, entries are also written to a disk tier ([`disk`]) that outlives
+//! restarts; a memory miss looks there before going upstream.
+
+mod disk;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use http::{Method, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 
 use crate::config::{CacheSettings, RouteCache};
+use crate::error::StartupError;
 use crate::headers::list_items;
 
 /// The longest a request waits for another one fetching the same key; then it goes
@@ -42,6 +47,8 @@ pub struct Entry {
 /// The cache shared by every caching route.
 pub struct Cache {
     store: moka::sync::Cache<Arc<str>, Arc<Entry>>,
+    /// The disk tier, when configured.
+    disk: Option<Arc<disk::Disk>>,
     max_entry: usize,
     /// Keys being fetched now, with the signal their waiters wait on.
     fetching: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Notify>>>,
@@ -116,8 +123,18 @@ pub fn invalidates(method: &Method) -> bool {
 }
 
 impl Cache {
-    /// A cache with the configured memory tier.
-    pub fn new(settings: &CacheSettings) -> Arc<Cache> {
+    /// A cache with the configured memory tier, and the disk tier if configured (its
+    /// folder created if need be, and indexed). Fails when that folder is not usable.
+    pub fn new(settings: &CacheSettings) -> Result<Arc<Cache>, StartupError> {
+        let disk = match &settings.disk {
+            Some(d) => Some(disk::Disk::open(&d.dir, d.size).map_err(|reason| {
+                StartupError::CacheFolder {
+                    path: d.dir.clone(),
+                    reason,
+                }
+            })?),
+            None => None,
+        };
         let store = moka::sync::Cache::builder()
             .max_capacity(settings.memory)
             .weigher(|k: &Arc<str>, e: &Arc<Entry>| {
@@ -126,11 +143,48 @@ impl Cache {
             })
             .support_invalidation_closures()
             .build();
-        Arc::new(Cache {
+        Ok(Arc::new(Cache {
             store,
+            disk,
             max_entry: settings.max_entry,
             fetching: Mutex::new(HashMap::new()),
-        })
+        }))
+    }
+
+    /// The entry for `key` in memory, or else on disk (then kept in memory too), and
+    /// whether it came from disk.
+    async fn get(&self, key: &Arc<str>) -> (Option<Arc<Entry>>, bool) {
+        if let Some(e) = self.store.get(key) {
+            return (Some(e), false);
+        }
+        let Some(disk) = &self.disk else {
+            return (None, false);
+        };
+        match disk.read(key).await {
+            Some(e) => {
+                let e = Arc::new(e);
+                self.store.insert(key.clone(), e.clone());
+                (Some(e), true)
+            }
+            None => (None, false),
+        }
+    }
+
+    /// Keeps `entry` for `key` in memory, and on disk when there is a disk tier.
+    fn put(&self, key: &Arc<str>, entry: &Arc<Entry>) {
+        self.store.insert(key.clone(), entry.clone());
+        if let Some(disk) = &self.disk {
+            let (store, k, e) = (self.store.clone(), key.clone(), entry.clone());
+            let current = move || store.get(&k).is_some_and(|held| Arc::ptr_eq(&held, &e));
+            disk.write(key.clone(), entry.clone(), current);
+        }
+    }
+
+    /// Waits for the disk writes under way.
+    pub async fn flush(&self) {
+        if let Some(disk) = &self.disk {
+            disk.flush().await;
+        }
     }
 
     /// The cache key: scheme, host, path and query (unless the route ignores it), and the
@@ -182,10 +236,12 @@ impl Cache {
             parts
         };
         loop {
-            let entry = self.store.get(&key);
+            let (entry, from_disk) = self.get(&key).await;
             if let Some(e) = &entry {
                 match e.policy.before_request(judged, SystemTime::now()) {
-                    BeforeRequest::Fresh(head) => return Lookup::Hit(e.respond(head, parts)),
+                    BeforeRequest::Fresh(head) => {
+                        return Lookup::Hit(e.respond(head, parts, from_disk))
+                    }
                     BeforeRequest::Stale { request, matches } if matches && e.within_swr(route) => {
                         // serve it now; one background request refreshes it
                         let mut resp = e.respond_stale(parts);
@@ -338,7 +394,7 @@ impl Cache {
                     body: e.body.clone(),
                     stored: now,
                 });
-                self.store.insert(pending.key.clone(), entry.clone());
+                self.put(&pending.key, &entry);
                 let mut resp = entry.build(parts.headers, &pending.request);
                 set_status(resp.headers_mut(), "fwd=stale; fwd-status=304; stored");
                 return After::Refreshed(resp);
@@ -376,7 +432,7 @@ impl Cache {
             stored: SystemTime::now(),
         });
         if entry.body.len() <= self.max_entry {
-            self.store.insert(pending.key.clone(), entry.clone());
+            self.put(&pending.key, &entry);
         }
         let mut resp = entry.respond_stale(&pending.request);
         let ttl = entry.policy.time_to_live(SystemTime::now()).as_secs();
@@ -392,32 +448,33 @@ impl Cache {
     /// Drops the entries for `host` and `path` (any scheme, query and key headers), or with
     /// `prefix` every entry whose path starts with `path`.
     pub fn purge(&self, host: &str, path: &str, prefix: bool) {
-        let host = host.to_ascii_lowercase();
-        let (path, host_owned) = (path.to_owned(), host);
-        let _ = self.store.invalidate_entries_if(move |k, _| {
-            let rest = k
-                .strip_prefix("https://")
-                .or_else(|| k.strip_prefix("http://"))
-                .unwrap_or(k);
-            let Some(p) = rest.strip_prefix(host_owned.as_str()) else {
-                return false;
-            };
-            let p = p.split('\n').next().unwrap_or(p);
-            if prefix {
-                p.starts_with(path.as_str())
-            } else {
-                p.split('?').next() == Some(path.as_str())
-            }
-        });
+        let (host, path) = (host.to_ascii_lowercase(), path.to_owned());
+        // memory first: a disk write racing this checks the memory tier afterwards
+        let (h, p) = (host.clone(), path.clone());
+        let _ = self
+            .store
+            .invalidate_entries_if(move |k, _| purge_matches(k, &h, &p, prefix));
+        if let Some(disk) = &self.disk {
+            disk.remove_if(|k| purge_matches(k, &host, &path, prefix));
+        }
     }
 
     /// Drops every entry for the target of an unsafe request that succeeded (RFC 9111
-    /// section 4.4), whatever its key headers.
-    pub fn invalidate(&self, key: &str) {
-        let base: String = key.split('\n').next().unwrap_or(key).to_owned();
+    /// section 4.4), whatever its key headers (`key_headers`: whether the route adds any,
+    /// so the disk tier's index must be searched for them).
+    pub fn invalidate(&self, key: &str, key_headers: bool) {
+        let base: Arc<str> = key.split('\n').next().unwrap_or(key).into();
+        // memory first: a disk write racing this checks the memory tier afterwards
+        let b = base.clone();
         let _ = self
             .store
-            .invalidate_entries_if(move |k, _| k.split('\n').next() == Some(base.as_str()));
+            .invalidate_entries_if(move |k, _| k.split('\n').next() == Some(&*b));
+        if let Some(disk) = &self.disk {
+            disk.remove(&base);
+            if key_headers {
+                disk.remove_if(|k| k.split('\n').next() == Some(&*base));
+            }
+        }
     }
 }
 
@@ -473,10 +530,12 @@ impl Entry {
         &self,
         head: http::response::Parts,
         req: &http::request::Parts,
+        from_disk: bool,
     ) -> http::Response<Bytes> {
         let ttl = self.policy.time_to_live(SystemTime::now()).as_secs();
         let mut resp = self.build(head.headers, req);
-        set_status(resp.headers_mut(), &format!("hit; ttl={ttl}"));
+        let detail = if from_disk { "; detail=disk" } else { "" };
+        set_status(resp.headers_mut(), &format!("hit; ttl={ttl}{detail}"));
         resp
     }
 
@@ -508,6 +567,24 @@ impl Entry {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         resp
+    }
+}
+
+/// Whether the key `k` is for `host` and `path` (any scheme, query and key headers), or
+/// with `prefix` for a path starting with `path`.
+fn purge_matches(k: &str, host: &str, path: &str, prefix: bool) -> bool {
+    let rest = k
+        .strip_prefix("https://")
+        .or_else(|| k.strip_prefix("http://"))
+        .unwrap_or(k);
+    let Some(p) = rest.strip_prefix(host) else {
+        return false;
+    };
+    let p = p.split('\n').next().unwrap_or(p);
+    if prefix {
+        p.starts_with(path)
+    } else {
+        p.split('?').next() == Some(path)
     }
 }
 

@@ -142,6 +142,17 @@ pub struct CacheSettings {
     pub memory: u64,
     /// Largest response body stored; larger ones pass through.
     pub max_entry: usize,
+    /// The disk tier, when configured.
+    pub disk: Option<CacheDisk>,
+}
+
+/// The cache's disk tier.
+#[derive(Debug, Clone)]
+pub struct CacheDisk {
+    /// The folder entries are kept in (created at startup if missing).
+    pub dir: PathBuf,
+    /// Bytes the folder's entries may take.
+    pub size: u64,
 }
 
 /// A proxy route's response caching.

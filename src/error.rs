@@ -237,6 +237,9 @@ pub enum StartupError {
     /// A certificate or key file exists but is not usable.
     #[error("certificate {path}: {reason}")]
     BadCertificate { path: PathBuf, reason: String },
+    /// The cache's disk folder cannot be created, written or read.
+    #[error("cache.disk_dir {path}: {reason}")]
+    CacheFolder { path: PathBuf, reason: String },
     /// Creating a certificate with rcgen failed.
     #[error("cannot create certificate for {what}: {source}")]
     CertGen {

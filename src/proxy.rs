@@ -23,7 +23,7 @@ use crate::body::{Body, Logged, UpstreamBody};
 use crate::buffer::{self, Buffers};
 use crate::cache::{self, After, Cache, Lookup};
 use crate::config::{BodyPolicy, Config, Timeouts};
-use crate::error::{ProxyError, Side};
+use crate::error::{ProxyError, Side, StartupError};
 use crate::headers::{host_without_port, list_items, set_forwarded, strip_hop_by_hop};
 use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
@@ -72,8 +72,18 @@ impl Proxy {
         log: Option<AccessLog>,
         challenges: Arc<Challenges>,
         config: &Config,
-    ) -> Proxy {
-        Proxy {
+    ) -> Result<Proxy, StartupError> {
+        let cache = if config
+            .sites
+            .iter()
+            .flat_map(|s| &s.routes)
+            .any(|r| r.cache.is_some())
+        {
+            Some(Cache::new(&config.cache)?)
+        } else {
+            None
+        };
+        Ok(Proxy {
             routes: ArcSwap::from_pointee(routes),
             https_port: https_port.filter(|p| *p != 443),
             log,
@@ -83,14 +93,9 @@ impl Proxy {
             timeouts: config.timeouts.clone(),
             max_uri_length: config.limits.max_uri_length,
             rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
-            cache: config
-                .sites
-                .iter()
-                .flat_map(|s| &s.routes)
-                .any(|r| r.cache.is_some())
-                .then(|| Cache::new(&config.cache)),
+            cache,
             compression: config.compression,
-        }
+        })
     }
 
     /// The response cache, when a route uses it.
@@ -373,7 +378,11 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     if let (Some(key), Some(cache)) = (invalidate, &proxy.cache) {
         if parts.status.is_success() || parts.status.is_redirection() {
-            cache.invalidate(&key);
+            let key_headers = route
+                .cache
+                .as_ref()
+                .is_some_and(|c| !c.key_headers.is_empty());
+            cache.invalidate(&key, key_headers);
         }
     }
     let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));

@@ -355,7 +355,7 @@ pub async fn start_with_log(
         log.clone(),
         challenges.clone(),
         &config,
-    );
+    )?;
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         proxy,
@@ -460,6 +460,10 @@ pub async fn start_with_log(
             tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
             shared.hard_stop.cancel();
             tracker.wait().await;
+        }
+        // responses being written to the cache's disk tier are kept for the next run
+        if let Some(cache) = shared.proxy.cache() {
+            let _ = tokio::time::timeout(grace, cache.flush()).await;
         }
         let _ = tokio::time::timeout(grace, acme_tasks.wait()).await;
     });

@@ -376,7 +376,36 @@ impl Checker<'_> {
             max_entry: self
                 .size(&c.max_entry, "cache.max_entry", 0, 1 << 30)
                 .unwrap_or(1 << 20) as usize,
+            disk: self.cache_disk(c),
         }
+    }
+
+    /// `disk_dir` and `disk_size`. Whether the folder can be written is found at startup
+    /// (it is created then if missing); here only a path that is not a folder is an error.
+    fn cache_disk(&mut self, c: &raw::RawCache) -> Option<CacheDisk> {
+        let size = self.size(&c.disk_size, "cache.disk_size", 1 << 20, u64::MAX);
+        let Some(d) = &c.disk_dir else {
+            if let Some(s) = &c.disk_size {
+                self.issue(
+                    Some(s.span()),
+                    "cache.disk_size",
+                    "only with cache.disk_dir (the folder the disk tier uses)".into(),
+                );
+            }
+            return None;
+        };
+        let dir = self.path(d.get_ref());
+        if dir.exists() && !dir.is_dir() {
+            self.issue(
+                Some(d.span()),
+                "cache.disk_dir",
+                format!("{} is not a folder", dir.display()),
+            );
+        }
+        Some(CacheDisk {
+            dir,
+            size: size.unwrap_or(1 << 30),
+        })
     }
 
     fn buffering(&mut self, b: &raw::RawBuffering) -> Buffering {

@@ -197,6 +197,8 @@ pub struct RawAdmin {
 pub struct RawCache {
     pub memory: S<String>,
     pub max_entry: S<String>,
+    pub disk_dir: S<String>,
+    pub disk_size: S<String>,
 }
 
 /// `[acme]`: automatic certificates. The issuer keys here describe one issuer; several go in

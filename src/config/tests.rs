@@ -632,6 +632,21 @@ fn buffering_limits_and_body_timeouts() {
             "not a folder",
         ),
         (
+            "[cache]\ndisk_dir = \"/dev/null\"\n",
+            "cache.disk_dir",
+            "not a folder",
+        ),
+        (
+            "[cache]\ndisk_size = \"1GiB\"\n",
+            "cache.disk_size",
+            "only with cache.disk_dir",
+        ),
+        (
+            "[cache]\ndisk_dir = \"c\"\ndisk_size = \"1KiB\"\n",
+            "cache.disk_size",
+            "outside",
+        ),
+        (
             "[timeouts]\nclient_min_rate = \"fast\"\n",
             "timeouts.client_min_rate",
             "",

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::support::{Behaviour, Client, Proto, TestServer, Upstream};
 
-fn config(up: &str, route_extra: &str) -> String {
+pub(crate) fn config(up: &str, route_extra: &str) -> String {
     format!(
         "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{up}\"]\ncache = {{ {route_extra} }}\n"
     )

@@ -16,7 +16,17 @@ pub fn usher_bin() -> &'static str {
 
 /// Runs `usher ARGS` to completion (bounded) and returns its status, stdout and stderr.
 pub fn run(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
-    let child = Command::new(usher_bin())
+    run_as(args, cwd, None)
+}
+
+/// `run`, as the user `uid` when given (for what root would be allowed to do anyway).
+pub fn run_as(args: &[&str], cwd: &Path, uid: Option<u32>) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(usher_bin());
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+    }
+    let child = cmd
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
