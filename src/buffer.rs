@@ -51,6 +51,11 @@ impl Buffers {
         })
     }
 
+    /// What it was made with.
+    pub fn settings(&self) -> &Buffering {
+        &self.settings
+    }
+
     /// The most of one response body kept in memory.
     pub fn response_memory(&self) -> usize {
         self.settings.response_memory

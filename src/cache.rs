@@ -50,6 +50,8 @@ pub struct Cache {
     /// The disk tier, when configured.
     disk: Option<Arc<disk::Disk>>,
     max_entry: usize,
+    /// What it was made with.
+    settings: CacheSettings,
     /// Keys being fetched now, with the signal their waiters wait on.
     fetching: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Notify>>>,
 }
@@ -146,6 +148,7 @@ impl Cache {
         Ok(Arc::new(Cache {
             store,
             disk,
+            settings: settings.clone(),
             max_entry: settings.max_entry,
             fetching: Mutex::new(HashMap::new()),
         }))
@@ -160,24 +163,32 @@ impl Cache {
         let Some(disk) = &self.disk else {
             return (None, false);
         };
-        match disk.read(key).await {
-            Some(e) => {
-                let e = Arc::new(e);
+        let ticket = disk.ticket(key);
+        let found = disk.read(key).await.map(Arc::new);
+        if let Some(e) = &found {
+            // not if a purge came meanwhile: this request may have it, later ones not
+            if !ticket.removed() {
                 self.store.insert(key.clone(), e.clone());
-                (Some(e), true)
             }
-            None => (None, false),
         }
+        disk.release(ticket);
+        let from_disk = found.is_some();
+        (found, from_disk)
     }
 
     /// Keeps `entry` for `key` in memory, and on disk when there is a disk tier.
     fn put(&self, key: &Arc<str>, entry: &Arc<Entry>) {
+        // the ticket first: a purge from now on undoes the disk write
+        let ticket = self.disk.as_ref().map(|d| d.ticket(key));
         self.store.insert(key.clone(), entry.clone());
-        if let Some(disk) = &self.disk {
-            let (store, k, e) = (self.store.clone(), key.clone(), entry.clone());
-            let current = move || store.get(&k).is_some_and(|held| Arc::ptr_eq(&held, &e));
-            disk.write(key.clone(), entry.clone(), current);
+        if let (Some(disk), Some(ticket)) = (&self.disk, ticket) {
+            disk.write(key.clone(), entry.clone(), ticket);
         }
+    }
+
+    /// What it was made with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
     }
 
     /// Waits for the disk writes under way.
@@ -208,7 +219,11 @@ impl Cache {
             k.push_str(h.as_str());
             k.push(':');
             for v in parts.headers.get_all(h) {
-                k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                if CREDENTIALS.contains(h) {
+                    k.push_str(&format!("{:x}", credential_hash(v.as_bytes())));
+                } else {
+                    k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
                 k.push(',');
             }
         }
@@ -226,11 +241,8 @@ impl Cache {
         let mut waited = false;
         // a HEAD is answered from a GET's entry: judge it as that GET
         let as_get;
-        let judged = if parts.method == Method::HEAD {
-            let mut r = http::Request::new(());
-            *r.uri_mut() = parts.uri.clone();
-            *r.headers_mut() = parts.headers.clone();
-            as_get = r.into_parts().0;
+        let judged = if parts.method == Method::HEAD || has_credentials(&parts.headers) {
+            as_get = policy_view(parts, Method::GET);
             &as_get
         } else {
             parts
@@ -334,11 +346,7 @@ impl Cache {
         stale: Option<Arc<Entry>>,
         revalidation_headers: HeaderMap,
     ) -> Pending {
-        let mut request = http::Request::new(());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.headers_mut() = parts.headers.clone();
-        let (request, ()) = request.into_parts();
+        let request = policy_view(parts, parts.method.clone());
         // only the validators the policy added, not the client's own conditionals
         let mut revalidate = HeaderMap::new();
         if stale.is_some() {
@@ -449,7 +457,7 @@ impl Cache {
     /// `prefix` every entry whose path starts with `path`.
     pub fn purge(&self, host: &str, path: &str, prefix: bool) {
         let (host, path) = (host.to_ascii_lowercase(), path.to_owned());
-        // memory first: a disk write racing this checks the memory tier afterwards
+        // memory first, then disk (see disk::Disk::ticket)
         let (h, p) = (host.clone(), path.clone());
         let _ = self
             .store
@@ -464,7 +472,7 @@ impl Cache {
     /// so the disk tier's index must be searched for them).
     pub fn invalidate(&self, key: &str, key_headers: bool) {
         let base: Arc<str> = key.split('\n').next().unwrap_or(key).into();
-        // memory first: a disk write racing this checks the memory tier afterwards
+        // memory first, then disk (see disk::Disk::ticket)
         let b = base.clone();
         let _ = self
             .store
@@ -586,6 +594,44 @@ fn purge_matches(k: &str, host: &str, path: &str, prefix: bool) -> bool {
     } else {
         p.split('?').next() == Some(path)
     }
+}
+
+/// Request headers that carry credentials: the policy keeps the request's headers (to
+/// match Vary), and entries go to disk, so these are kept only as keyed hashes.
+const CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+
+fn has_credentials(headers: &HeaderMap) -> bool {
+    CREDENTIALS.iter().any(|h| headers.contains_key(h))
+}
+
+/// The request as the cache policy sees it: `method`, and the headers with credentials
+/// replaced by a hash keyed per process (equal values still match for Vary; nothing a
+/// reader of the disk tier could use; after a restart such variants simply miss).
+fn policy_view(parts: &http::request::Parts, method: Method) -> http::request::Parts {
+    let mut r = http::Request::new(());
+    *r.method_mut() = method;
+    *r.uri_mut() = parts.uri.clone();
+    let mut headers = parts.headers.clone();
+    for name in &CREDENTIALS {
+        if let http::header::Entry::Occupied(mut e) = headers.entry(name) {
+            for v in e.iter_mut() {
+                *v = HeaderValue::from(credential_hash(v.as_bytes()));
+            }
+        }
+    }
+    *r.headers_mut() = headers;
+    r.into_parts().0
+}
+
+/// A hash of a credential, keyed per process.
+fn credential_hash(value: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(std::hash::RandomState::new).hash_one(value)
 }
 
 /// A response that sets a cookie is someone's own unless it says it may be shared

@@ -120,7 +120,7 @@ pub struct Limits {
 }
 
 /// Where request and response bodies wait while a slow client or app catches up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Buffering {
     /// A request body larger than this goes to a temporary file.
     pub request_memory: usize,
@@ -136,7 +136,7 @@ pub struct Buffering {
 }
 
 /// The response cache's storage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
     /// Bytes the memory tier may hold.
     pub memory: u64,
@@ -147,7 +147,7 @@ pub struct CacheSettings {
 }
 
 /// The cache's disk tier.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheDisk {
     /// The folder entries are kept in (created at startup if missing).
     pub dir: PathBuf,
@@ -320,7 +320,7 @@ pub enum ProxyTarget {
 }
 
 /// An upstream pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamPool {
     /// Its members, in file order.
     pub members: Vec<PoolMember>,

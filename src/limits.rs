@@ -54,6 +54,11 @@ impl RateLimiter {
         })
     }
 
+    /// Whether it allows `rate` a second with bursts of `burst` (as [`RateLimiter::new`]).
+    pub fn is(&self, rate: u32, burst: u32) -> bool {
+        self.rate == f64::from(rate) && self.burst == f64::from(burst.max(1))
+    }
+
     /// Takes one request from `ip`'s bucket; when it is empty, the whole seconds until the
     /// next token (for Retry-After).
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {

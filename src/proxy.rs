@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -41,10 +40,11 @@ const PASS_LIMIT: u64 = 16 * 1024;
 /// The path prefix reserved for ACME HTTP-01 challenges: never redirected or proxied.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Shared request-path state.
+/// Shared request-path state, built from one config; a reload builds another and swaps it
+/// in (requests in flight finish with the one they started with).
 #[derive(Debug)]
 pub struct Proxy {
-    routes: ArcSwap<Routes>,
+    routes: Arc<Routes>,
     /// Port used in redirects to https (`None`: the default 443, omitted from URLs).
     https_port: Option<u16>,
     log: Option<AccessLog>,
@@ -57,7 +57,7 @@ pub struct Proxy {
     timeouts: Timeouts,
     max_uri_length: usize,
     /// `rate_per_ip`, when set.
-    rate: Option<RateLimiter>,
+    rate: Option<Arc<RateLimiter>>,
     /// The response cache, when a route uses it.
     cache: Option<Arc<Cache>>,
     /// `server.compression`.
@@ -65,37 +65,59 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy over `routes`.
+    /// A proxy over `routes`. With `previous` (a reload), what holds state carries over
+    /// when its settings did not change: the cache (always: its storage settings take
+    /// effect at the next start), the buffer budget and the rate limiter's buckets.
     pub fn new(
         routes: Routes,
         https_port: Option<u16>,
         log: Option<AccessLog>,
         challenges: Arc<Challenges>,
         config: &Config,
+        previous: Option<&Proxy>,
     ) -> Result<Proxy, StartupError> {
-        let cache = if config
+        let cached = config
             .sites
             .iter()
             .flat_map(|s| &s.routes)
-            .any(|r| r.cache.is_some())
-        {
-            Some(Cache::new(&config.cache)?)
-        } else {
-            None
+            .any(|r| r.cache.is_some());
+        let cache = match (cached, previous.and_then(|p| p.cache.clone())) {
+            (false, _) => None,
+            (true, Some(c)) => {
+                if *c.settings() != config.cache {
+                    tracing::warn!("[cache] storage changes take effect at the next start");
+                }
+                Some(c)
+            }
+            (true, None) => Some(Cache::new(&config.cache)?),
+        };
+        let buffers = match previous {
+            Some(p) if p.buffers.settings() == &config.buffering => p.buffers.clone(),
+            _ => Buffers::new(config.buffering.clone()),
+        };
+        let (rate, burst) = (config.limits.rate_per_ip, config.limits.rate_burst);
+        let rate = match previous.and_then(|p| p.rate.as_ref()) {
+            Some(r) if r.is(rate, burst) => Some(r.clone()),
+            _ => RateLimiter::new(rate, burst).map(Arc::new),
         };
         Ok(Proxy {
-            routes: ArcSwap::from_pointee(routes),
+            routes: Arc::new(routes),
             https_port: https_port.filter(|p| *p != 443),
             log,
             challenges,
             tunnel_idle: config.timeouts.client_idle,
-            buffers: Buffers::new(config.buffering.clone()),
+            buffers,
             timeouts: config.timeouts.clone(),
             max_uri_length: config.limits.max_uri_length,
-            rate: RateLimiter::new(config.limits.rate_per_ip, config.limits.rate_burst),
+            rate,
             cache,
             compression: config.compression,
         })
+    }
+
+    /// The compiled routes (and through them the pools).
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// The response cache, when a route uses it.
@@ -181,7 +203,7 @@ impl Proxy {
                 limit: self.max_uri_length,
             });
         }
-        let routes = self.routes.load_full();
+        let routes = self.routes.clone();
         let host = request_host(&req)?;
         let site_id = routes
             .site_for(host)

@@ -10,7 +10,7 @@ use http::StatusCode;
 use crate::config::{Action, BodyPolicy, Config, ProxyTarget, RouteCache, TlsMode};
 use crate::error::ProxyError;
 use crate::static_files::StaticFiles;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, PoolSpec};
 
 /// Index of a site in [`Routes`].
 pub type SiteId = usize;
@@ -66,6 +66,22 @@ impl Routes {
     /// Compiles the config. Static roots are resolved here, so a root that vanished since
     /// `usher check` fails the start, not the first request.
     pub fn build(config: &Config) -> std::io::Result<Routes> {
+        Routes::rebuild(config, None)
+    }
+
+    /// Compiles the routes of `config`, keeping the pools of `previous` whose definition
+    /// did not change (with their health, connections and load), as a reload does.
+    pub fn rebuild(config: &Config, previous: Option<&Routes>) -> std::io::Result<Routes> {
+        let mut old: Vec<Option<Arc<Pool>>> = previous
+            .map(|r| r.pools.iter().cloned().map(Some).collect())
+            .unwrap_or_default();
+        let mut pool_for = |p: &crate::config::UpstreamPool| -> Arc<Pool> {
+            let spec = PoolSpec::new(p, &config.timeouts);
+            old.iter_mut()
+                .find(|o| o.as_ref().is_some_and(|o| o.built_from(&spec)))
+                .and_then(Option::take)
+                .unwrap_or_else(|| Arc::new(Pool::new(p, &config.timeouts)))
+        };
         let mut routes = Routes {
             sites: Vec::with_capacity(config.sites.len()),
             exact: HashMap::new(),
@@ -77,7 +93,7 @@ impl Routes {
         let named: HashMap<&str, Arc<Pool>> = config
             .upstreams
             .iter()
-            .map(|(name, p)| (name.as_str(), Arc::new(Pool::new(p, &config.timeouts))))
+            .map(|(name, p)| (name.as_str(), pool_for(p)))
             .collect();
         routes.pools.extend(named.values().cloned());
         for (id, site) in config.sites.iter().enumerate() {
@@ -101,7 +117,7 @@ impl Routes {
                         }
                     },
                     Action::Proxy(ProxyTarget::Inline(pool)) => {
-                        let pool = Arc::new(Pool::new(pool, &config.timeouts));
+                        let pool = pool_for(pool);
                         routes.pools.push(pool.clone());
                         RouteAction::Proxy(pool)
                     }

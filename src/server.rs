@@ -355,6 +355,7 @@ pub async fn start_with_log(
         log.clone(),
         challenges.clone(),
         &config,
+        None,
     )?;
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {

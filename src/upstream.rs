@@ -350,6 +350,32 @@ pub struct Pool {
     connect_timeout: Duration,
     response_timeout: Duration,
     idle_timeout: Duration,
+    /// What it was built from: a reload keeps a pool (its health, connections and load)
+    /// whose definition did not change.
+    spec: PoolSpec,
+    /// Cancelled when a reload drops the pool: its health checks stop.
+    retired: CancellationToken,
+}
+
+/// A pool's definition: its config and the timeouts it uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pool: UpstreamPool,
+    timeouts: [Duration; 3],
+}
+
+impl PoolSpec {
+    /// The definition of a pool built from `pool` under `timeouts`.
+    pub fn new(pool: &UpstreamPool, timeouts: &Timeouts) -> PoolSpec {
+        PoolSpec {
+            pool: pool.clone(),
+            timeouts: [
+                timeouts.upstream_connect,
+                timeouts.upstream_response,
+                timeouts.upstream_idle,
+            ],
+        }
+    }
 }
 
 /// One upstream address and its idle connections.
@@ -501,6 +527,8 @@ impl Pool {
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: pool.idle_timeout.unwrap_or(timeouts.upstream_idle),
+            spec: PoolSpec::new(pool, timeouts),
+            retired: CancellationToken::new(),
         }
     }
 
@@ -712,8 +740,19 @@ impl Pool {
         tracing::info!(upstream = %member.label, ?period, "member ejected after consecutive failures");
     }
 
-    /// Runs the pool's active health checks until `shutdown`: every interval, each member is
-    /// asked for the check path on a fresh connection; only flips are logged (at info).
+    /// Whether it was built from `spec`.
+    pub fn built_from(&self, spec: &PoolSpec) -> bool {
+        self.spec == *spec
+    }
+
+    /// Stops its health checks: a reload dropped it (requests in flight finish).
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// Runs the pool's active health checks until `shutdown` or its retirement: every
+    /// interval, each member is asked for the check path on a fresh connection; only flips
+    /// are logged (at info).
     pub async fn check_health(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(hc) = self.health_check.clone() else {
             return;
@@ -724,6 +763,7 @@ impl Pool {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
+                _ = self.retired.cancelled() => return,
             }
             let probes = self.members.iter().map(|m| self.probe(m, &hc));
             let results = futures_util::future::join_all(probes).await;

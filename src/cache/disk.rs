@@ -7,11 +7,13 @@
 //! (key to file, rebuilt from the folder's headers at startup) orders entries by use and
 //! deletes the files it evicts, which keeps the folder under its size.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -32,6 +34,8 @@ const SUFFIX: &str = ".entry";
 const MAX_META: usize = 1 << 20;
 /// Bytes around the header and body: magic, header length, CRC.
 const FRAME: u64 = 8 + 4 + 4;
+/// Temporary files start with this (removed at startup: writes a crash interrupted).
+const TEMP_PREFIX: &str = ".usher-tmp";
 
 /// The disk tier.
 pub struct Disk {
@@ -42,15 +46,33 @@ pub struct Disk {
     run: u128,
     /// Writes under way, which a drain lets finish.
     writes: tokio_util::task::TaskTracker,
-    /// Counts removals, so a write that raced one can tell.
-    removals: AtomicU64,
+    /// Keys with a write or read under way, with the flag a removal of that key raises:
+    /// the write is then undone, the read not kept.
+    busy: Mutex<HashMap<Arc<str>, Busy>>,
 }
 
-/// Where one entry is, and its size on disk.
+/// A busy key's removal flag, and how many tickets hold it.
+type Busy = (Arc<AtomicBool>, usize);
+
+/// Where one entry is, its size on disk, and when its response was stored.
 #[derive(Debug)]
 struct EntryFile {
     path: PathBuf,
     size: u64,
+    stored: SystemTime,
+}
+
+/// A write or read under way for one key; see [`Disk::busy`].
+pub struct Ticket {
+    key: Arc<str>,
+    removed: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    /// Whether the key was removed (purged, invalidated) since the ticket was taken.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
+    }
 }
 
 /// An entry's header as stored.
@@ -92,7 +114,7 @@ impl Disk {
             seq: AtomicU64::new(0),
             run,
             writes: tokio_util::task::TaskTracker::new(),
-            removals: AtomicU64::new(0),
+            busy: Mutex::new(HashMap::new()),
         };
         disk.load().map_err(|e| format!("cannot read it: {e}"))?;
         Ok(Arc::new(disk))
@@ -108,23 +130,27 @@ impl Disk {
             let path = item.path();
             let name = item.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".tmp") {
+            if name.starts_with(TEMP_PREFIX) {
                 remove(&path);
             } else if name.ends_with(SUFFIX) {
                 match read_meta(&path) {
                     Ok((meta, size)) => found.push((meta.stored, meta.key, path, size)),
-                    Err(e) => {
+                    Err(e) if is_damage(&e) => {
                         tracing::warn!(file = %path.display(), error = %e, "dropping a damaged cache entry");
                         remove(&path);
+                    }
+                    // unreadable now (permissions, no file handles): left for a later run
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "skipping a cache entry")
                     }
                 }
             }
         }
         found.sort_by_key(|f| f.0);
         let count = found.len();
-        for (_, key, path, size) in found {
-            self.index
-                .insert(key.into(), Arc::new(EntryFile { path, size }));
+        for (stored, key, path, size) in found {
+            let file = Arc::new(EntryFile { path, size, stored });
+            self.index.insert(key.into(), file);
         }
         self.index.run_pending_tasks();
         tracing::info!(
@@ -138,7 +164,7 @@ impl Disk {
     }
 
     /// Reads the entry stored for `key`, if any. A damaged file is deleted and reads as
-    /// none.
+    /// none. (Take a [`Ticket`] before, to learn of a removal meanwhile.)
     pub async fn read(&self, key: &Arc<str>) -> Option<Entry> {
         let file = self.index.get(key)?;
         let (path, k) = (file.path.clone(), key.clone());
@@ -147,63 +173,106 @@ impl Disk {
             .unwrap_or_else(|e| Err(io::Error::other(e)));
         match read {
             Ok(entry) => Some(entry),
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(file = %file.path.display(), error = %e, "dropping a damaged cache entry");
-                }
+            Err(e) if is_damage(&e) => {
+                tracing::warn!(file = %file.path.display(), error = %e, "dropping a damaged cache entry");
                 // unless a newer file replaced it meanwhile
                 self.remove_exactly(key, &file);
+                None
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(file = %file.path.display(), error = %e, "cannot read a cache entry");
+                }
                 None
             }
         }
     }
 
-    /// Writes `entry` for `key` in the background (temporary file, then rename), replacing
-    /// the file stored for it before. A purge or invalidation can come while the write is
-    /// under way, too late to find its file: when one did, and `current` says the entry
-    /// is no longer the one the memory tier holds for `key`, the write is undone.
-    pub fn write(
-        self: &Arc<Self>,
-        key: Arc<str>,
-        entry: Arc<Entry>,
-        current: impl FnOnce() -> bool + Send + 'static,
-    ) {
-        let disk = self.clone();
-        let removals = self.removals.load(Ordering::SeqCst);
-        self.writes.spawn_blocking(move || {
-            let written = disk.write_now(&key, &entry);
-            if let Ok(file) = &written {
-                if disk.removals.load(Ordering::SeqCst) != removals && !current() {
-                    disk.remove_exactly(&key, file);
+    /// Marks `key` busy until the ticket is released. Take it before the entry goes into
+    /// the memory tier (or the index is read): a removal deletes from the index first and
+    /// then flags the busy keys, so it either finds the entry or flags the ticket.
+    pub fn ticket(&self, key: &Arc<str>) -> Ticket {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = busy
+            .entry(key.clone())
+            .or_insert_with(|| (Arc::new(AtomicBool::new(false)), 0));
+        slot.1 += 1;
+        Ticket {
+            key: key.clone(),
+            removed: slot.0.clone(),
+        }
+    }
+
+    /// Ends a ticket.
+    pub fn release(&self, ticket: Ticket) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = busy.get_mut(&ticket.key) {
+            if Arc::ptr_eq(&slot.0, &ticket.removed) {
+                slot.1 -= 1;
+                if slot.1 == 0 {
+                    busy.remove(&ticket.key);
                 }
             }
-            if let Err(e) = written {
-                tracing::warn!(folder = %disk.dir.display(), error = %e, "cannot write a cache entry to disk");
+        }
+    }
+
+    /// Raises the flag of every busy key that `matches` (and forgets them: a later ticket
+    /// for the key is for a later entry).
+    fn flag_removed(&self, matches: impl Fn(&str) -> bool) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|k, (flag, _)| {
+            let hit = matches(k);
+            if hit {
+                flag.store(true, Ordering::SeqCst);
             }
+            !hit
+        });
+    }
+
+    /// Writes `entry` for `key` in the background (temporary file, then rename), replacing
+    /// an older file stored for it. A removal of the key while the write is under way
+    /// (flagged on `ticket`) undoes it.
+    pub fn write(self: &Arc<Self>, key: Arc<str>, entry: Arc<Entry>, ticket: Ticket) {
+        let disk = self.clone();
+        self.writes.spawn_blocking(move || {
+            match disk.write_now(&key, &entry) {
+                Ok(file) if ticket.removed() => disk.remove_exactly(&key, &file),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(folder = %disk.dir.display(), error = %e, "cannot write a cache entry to disk")
+                }
+            }
+            disk.release(ticket);
         });
     }
 
     fn write_now(&self, key: &Arc<str>, entry: &Entry) -> io::Result<Arc<EntryFile>> {
         let bytes = encode(key, entry)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.dir)?;
         tmp.write_all(&bytes)?;
-        let mut tmp = tmp.into_temp_path();
-        let path = loop {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let path = self.dir.join(format!("{:x}-{seq:x}{SUFFIX}", self.run));
-            // never over another entry's file
-            match tmp.persist_noclobber(&path) {
-                Ok(()) => break path,
-                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => tmp = e.path,
-                Err(e) => return Err(e.error),
-            }
-        };
+        // names are unique (this run's start time and a counter): a plain rename
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{:x}-{seq:x}{SUFFIX}", self.run));
+        tmp.persist(&path).map_err(|e| e.error)?;
         let file = Arc::new(EntryFile {
             path,
             size: bytes.len() as u64,
+            stored: entry.stored,
         });
-        // the file it replaces is deleted by the eviction listener
-        self.index.insert(key.clone(), file.clone());
+        // Two writes for one key may finish in either order: the newer response stays. The
+        // file it replaces (or this one) is deleted by the eviction listener.
+        let mine = file.clone();
+        self.index
+            .entry(key.clone())
+            .and_compute_with(|cur| match cur {
+                Some(c) if c.value().stored > mine.stored => {
+                    remove(&mine.path);
+                    Op::Nop
+                }
+                _ => Op::Put(mine),
+            });
         self.index.run_pending_tasks();
         Ok(file)
     }
@@ -227,13 +296,12 @@ impl Disk {
 
     /// Drops the entry for exactly `key`.
     pub fn remove(&self, key: &str) {
-        self.removals.fetch_add(1, Ordering::SeqCst);
         self.index.invalidate(key);
+        self.flag_removed(|k| k == key);
     }
 
     /// Drops every entry whose key `matches`, at once (files included).
     pub fn remove_if(&self, matches: impl Fn(&str) -> bool) {
-        self.removals.fetch_add(1, Ordering::SeqCst);
         let doomed: Vec<Arc<Arc<str>>> = self
             .index
             .iter()
@@ -243,7 +311,16 @@ impl Disk {
         for k in doomed {
             self.index.invalidate(k.as_ref());
         }
+        self.flag_removed(&matches);
     }
+}
+
+/// Whether a read failed because the file is not a whole entry (rather than unreadable).
+fn is_damage(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Deletes `path`; one already gone is fine.
@@ -280,6 +357,15 @@ fn encode(key: &str, e: &Entry) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A read that hit the end of the file early: damage; any other error stays what it is.
+fn truncated(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        damaged("truncated")
+    } else {
+        e
+    }
+}
+
 fn damaged(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_owned())
 }
@@ -309,17 +395,20 @@ fn read_meta(path: &Path) -> io::Result<(Meta, u64)> {
     let mut f = fs::File::open(path)?;
     let size = f.metadata()?.len();
     let mut head = [0u8; 12];
-    f.read_exact(&mut head).map_err(|_| damaged("truncated"))?;
+    f.read_exact(&mut head).map_err(truncated)?;
     let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
     if len > MAX_META {
         return Err(damaged("header too long"));
     }
     let mut bytes = head.to_vec();
     bytes.resize(12 + len, 0);
-    f.read_exact(&mut bytes[12..])
-        .map_err(|_| damaged("truncated"))?;
+    f.read_exact(&mut bytes[12..]).map_err(truncated)?;
     let (meta, _) = parse_meta(&bytes)?;
-    if size != FRAME + len as u64 + meta.body_len {
+    if FRAME
+        .checked_add(len as u64)
+        .and_then(|n| n.checked_add(meta.body_len))
+        != Some(size)
+    {
         return Err(damaged("size does not match its header"));
     }
     Ok((meta, size))
@@ -388,6 +477,41 @@ mod tests {
         assert_eq!(back.body, "hello");
         assert_eq!(back.headers.get("etag").unwrap(), "\"v1\"");
         assert!(back.policy.is_storable());
+    }
+
+    #[test]
+    fn a_removal_flags_the_tickets_taken_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path(), 1 << 20).unwrap();
+        let (k, other): (Arc<str>, Arc<str>) = ("http://a/x".into(), "http://a/y".into());
+        let before = disk.ticket(&k);
+        let unrelated = disk.ticket(&other);
+        disk.remove_if(|key| key.ends_with("/x"));
+        let after = disk.ticket(&k);
+        assert!(before.removed());
+        assert!(!unrelated.removed());
+        assert!(!after.removed());
+        for t in [before, unrelated, after] {
+            disk.release(t);
+        }
+        assert!(disk.busy.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn of_two_writes_for_a_key_the_newer_response_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path(), 1 << 20).unwrap();
+        let k: Arc<str> = "k".into();
+        let newer = entry(b"newer");
+        let mut older = entry(b"older");
+        older.stored = newer.stored - std::time::Duration::from_secs(5);
+        // the newer one finishes first
+        disk.write_now(&k, &newer).unwrap();
+        disk.write_now(&k, &older).unwrap();
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "the older file is deleted");
+        let file = disk.index.get(&k).unwrap();
+        assert_eq!(read_entry(&file.path, "k").unwrap().body, "newer");
     }
 
     #[test]
