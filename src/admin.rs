@@ -1,13 +1,17 @@
 //! The admin listener: off unless `[admin] listen` is set (loopback is the sensible place).
-//! It answers `GET /healthz`, and `PURGE` of cached URLs, which the public listeners refuse
-//! with 405:
+//! The public listeners never answer any of this (they refuse `PURGE` with 405).
 //!
-//! - `PURGE /path` with `Host: example.com`: that URL's entries (every query and key
-//!   header, both schemes);
-//! - `PURGE /prefix*`: every entry whose path starts with the prefix.
+//! - `GET /healthz`: usher is up;
+//! - `GET /readyz`: a config is loaded and its listeners are bound (JSON: generation, file,
+//!   addresses, the last failed reload if the last reload failed);
+//! - `POST /reload`: reads the config file again (as SIGHUP does): 200 with the new status,
+//!   or 422 with every error while the running config stays;
+//! - `PURGE /path` with `Host: example.com`, or `POST /cache/purge?host=H&path=P`: that
+//!   URL's cached entries (every query and key header, both schemes); a path ending in `*`
+//!   purges every entry under the prefix.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -17,13 +21,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
-use crate::cache::Cache;
+use crate::server::{Control, Status};
 
-/// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, cache: Option<Arc<Cache>>, shutdown: CancellationToken) {
+/// Serves the admin endpoints on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, control: Control, stop: CancellationToken) {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
@@ -33,12 +37,12 @@ pub async fn serve(listener: TcpListener, cache: Option<Arc<Cache>>, shutdown: C
                 }
             },
         };
-        let cache = cache.clone();
+        let control = control.clone();
         let svc = service_fn(move |req| {
-            let cache = cache.clone();
-            async move { Ok::<_, Infallible>(answer(req, cache.as_deref())) }
+            let control = control.clone();
+            async move { Ok::<_, Infallible>(answer(req, &control).await) }
         });
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -48,46 +52,117 @@ pub async fn serve(listener: TcpListener, cache: Option<Arc<Cache>>, shutdown: C
                 r = conn => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "admin connection ended with an error");
                 },
-                _ = shutdown.cancelled() => {}
+                _ = stop.cancelled() => {}
             }
         });
     }
 }
 
-fn answer(req: Request<Incoming>, cache: Option<&Cache>) -> Response<Body> {
-    let text = |status: StatusCode, body: &str| {
-        let mut r = Response::new(Body::full(format!("{body}\n")));
-        *r.status_mut() = status;
-        r
-    };
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Body::full(format!("{body}\n")));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(format!("{value:#}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// A status as JSON.
+fn status_json(s: &Status) -> serde_json::Value {
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    serde_json::json!({
+        "generation": s.generation,
+        "config": s.file.display().to_string(),
+        "loaded_at": unix(s.loaded),
+        "summary": s.summary,
+        "listeners": {"http": addr(s.http), "https": addr(s.https), "admin": addr(s.admin)},
+        "last_reload_error": s.failed.as_ref().map(|(at, e)| serde_json::json!({"at": unix(*at), "error": e})),
+    })
+}
+
+async fn answer(req: Request<Incoming>, control: &Control) -> Response<Body> {
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok"),
-        ("PURGE", path) => {
-            let Some(cache) = cache else {
-                return text(StatusCode::NOT_FOUND, "no route uses the cache");
+        ("GET", "/readyz") => match control.status() {
+            Some(s) => json(StatusCode::OK, status_json(&s)),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        },
+        ("POST", "/reload") => match control.reload().await {
+            Ok(s) => json(StatusCode::OK, status_json(&s)),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": e.to_string(), "running": control.status().map(|s| s.generation)}),
+            ),
+        },
+        ("POST", "/cache/purge") => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
             };
+            match (param("host"), param("path")) {
+                (Some(host), Some(path)) if path.starts_with('/') => purge(control, &host, &path),
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "give host and path: POST /cache/purge?host=example.com&path=/blog/*",
+                ),
+            }
+        }
+        ("PURGE", path) => {
             let host = req.uri().host().map(str::to_owned).or_else(|| {
                 req.headers()
                     .get(http::header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .map(|h| crate::headers::host_without_port(h).to_owned())
             });
-            let Some(host) = host else {
-                return text(
+            match host {
+                Some(host) => purge(control, &host, path),
+                None => text(
                     StatusCode::BAD_REQUEST,
                     "name the site in Host or the target",
-                );
-            };
-            let (path, prefix) = match path.strip_suffix('*') {
-                Some(p) => (p, true),
-                None => (path, false),
-            };
-            cache.purge(&host, path, prefix);
-            tracing::info!(%host, path, prefix, "purged from the cache");
-            text(StatusCode::OK, "purged")
+                ),
+            }
         }
-        (_, "/healthz") => text(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+        (_, "/healthz" | "/readyz") => text(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+        (_, "/reload" | "/cache/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
         _ if req.method() == Method::GET => text(StatusCode::NOT_FOUND, "not found"),
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET /healthz or PURGE"),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "see the README's [admin] section",
+        ),
     }
+}
+
+/// Purges `path` (a prefix when it ends in `*`) of `host`.
+fn purge(control: &Control, host: &str, path: &str) -> Response<Body> {
+    let Some(cache) = control.cache() else {
+        return text(StatusCode::NOT_FOUND, "no route uses the cache");
+    };
+    let (path, prefix) = match path.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    cache.purge(host, path, prefix);
+    tracing::info!(%host, path, prefix, "purged from the cache");
+    text(StatusCode::OK, "purged")
 }

@@ -217,6 +217,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Why a reload did not take (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has errors: every one, as `usher check` prints them.
+    #[error("{0}")]
+    Config(ConfigError),
+    /// The config is valid but could not be put in place (a port taken, a certificate
+    /// file gone).
+    #[error("{0}")]
+    Apply(StartupError),
+    /// No config was running yet.
+    #[error("the server has not started")]
+    NotStarted,
+}
+
 /// Why `Server::start` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

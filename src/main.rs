@@ -108,6 +108,8 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        // before starting: a SIGHUP's default action would end the process
+        let hup = usher::signals::reload_signal();
         let summary = config.summary();
         let handle = match usher::start(config).await {
             Ok(h) => h,
@@ -126,6 +128,27 @@ fn run(config: Config) -> ExitCode {
         );
         if let Some(ca) = &handle.local_ca {
             tracing::info!("local CA certificate: {ca} (trust it, e.g. curl --cacert {ca})");
+        }
+        match hup {
+            Ok(mut hup) => {
+                let control = handle.control().clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!(
+                            "SIGHUP: reloading {}",
+                            control
+                                .status()
+                                .map(|s| s.file.display().to_string())
+                                .unwrap_or_default()
+                        );
+                        // the outcome is logged (every error, when the running config stays)
+                        let _ = control.reload().await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("cannot install the SIGHUP handler (no reload by signal): {e}")
+            }
         }
         let which = signal.await;
         tracing::info!("{which}: draining");

@@ -115,6 +115,24 @@ impl Proxy {
         })
     }
 
+    /// A proxy with no sites (every request gets 421), holding the place of the first
+    /// config until it is in.
+    pub fn empty(log: Option<AccessLog>, config: &Config) -> Proxy {
+        Proxy {
+            routes: Arc::new(Routes::default()),
+            https_port: None,
+            log,
+            challenges: Arc::new(Challenges::default()),
+            tunnel_idle: Duration::from_secs(60),
+            buffers: Buffers::new(config.buffering.clone()),
+            timeouts: config.timeouts.clone(),
+            max_uri_length: 0,
+            rate: None,
+            cache: None,
+            compression: false,
+        }
+    }
+
     /// The compiled routes (and through them the pools).
     pub fn routes(&self) -> &Routes {
         &self.routes

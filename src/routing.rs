@@ -16,7 +16,7 @@ use crate::upstream::{Pool, PoolSpec};
 pub type SiteId = usize;
 
 /// Every site and route of one config.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Routes {
     sites: Vec<SiteEntry>,
     exact: HashMap<String, SiteId>,

@@ -6,6 +6,7 @@
 //! served until the client closes, the idle watcher closes it, or shutdown drains it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,13 +27,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::acme::{AcmeManager, Challenges, ManagedSite, ACME_TLS_ALPN};
-use crate::certs::{self, FileStorage, LocalCa, Storage};
+use crate::acme::ACME_TLS_ALPN;
+use crate::certs::{self, LocalCa};
 use crate::config::{Config, TlsMode};
-use crate::error::StartupError;
+use crate::error::{ReloadError, StartupError};
 use crate::proxy::Proxy;
-use crate::routing::Routes;
-use crate::tls::{self, CertResolver, SiteCerts};
+use crate::tls::SiteCerts;
+
+mod reload;
+
+use reload::Core;
+pub use reload::Status;
 
 /// Listen backlog: enough for a burst of new connections (nginx's benchmark config uses 4096).
 const BACKLOG: u32 = 4096;
@@ -186,6 +192,7 @@ pub struct ServerHandle {
     pub admin_addr: Option<SocketAddr>,
     /// Where the local CA certificate is, when a site uses `tls = "internal"`.
     pub local_ca: Option<String>,
+    control: Control,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
     log: Option<AccessLog>,
@@ -197,6 +204,16 @@ impl ServerHandle {
         self.shutdown.cancel();
     }
 
+    /// Reloads the config file (as SIGHUP does); see [`Control::reload`].
+    pub async fn reload(&self) -> Result<Status, ReloadError> {
+        self.control.reload().await
+    }
+
+    /// What the admin API offers.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
     /// Waits until the server has stopped (after `shutdown`) and the access log is written.
     pub async fn wait(self) {
         let _ = self.done.await;
@@ -206,12 +223,10 @@ impl ServerHandle {
     }
 }
 
+/// What every connection shares for the server's whole life.
 struct Shared {
-    proxy: Proxy,
-    builder: auto::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
-    watch: WatchLimits,
+    /// The current config's request path and connection settings; a reload swaps it.
+    live: ArcSwap<Live>,
     /// Cancelled when draining starts.
     drain: CancellationToken,
     /// Cancelled when the grace period is over: remaining connections are dropped.
@@ -220,12 +235,24 @@ struct Shared {
     caps: Arc<ConnCaps>,
 }
 
+/// What one config makes of the request path and of new connections. A connection takes
+/// the current one when it is accepted (TLS, HTTP settings, watcher limits); each request
+/// takes the current one when it starts, and finishes with it.
+struct Live {
+    proxy: Proxy,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    watch: WatchLimits,
+}
+
 /// Caps on client connections: in all, and per client IP address (0: no cap). Checked once
 /// per connection at accept, never per request.
 #[derive(Debug, Default)]
 struct ConnCaps {
-    total: usize,
-    per_ip: usize,
+    total: AtomicUsize,
+    per_ip: AtomicUsize,
+    /// Open client connections (counted whatever the caps).
     open: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -240,7 +267,8 @@ struct CapSlot {
 impl ConnCaps {
     /// A slot for a new connection from `ip`, or `None` when a cap is reached.
     fn admit(caps: &Arc<ConnCaps>, ip: IpAddr) -> Option<CapSlot> {
-        if caps.total > 0 && caps.open.fetch_add(1, Ordering::Relaxed) >= caps.total {
+        let total = caps.total.load(Ordering::Relaxed);
+        if caps.open.fetch_add(1, Ordering::Relaxed) >= total && total > 0 {
             caps.open.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -248,10 +276,11 @@ impl ConnCaps {
             caps: caps.clone(),
             ip: None,
         };
-        if caps.per_ip > 0 {
+        let per_ip = caps.per_ip.load(Ordering::Relaxed);
+        if per_ip > 0 {
             let mut by_ip = caps.by_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = by_ip.entry(ip).or_insert(0);
-            if *n >= caps.per_ip {
+            if *n >= per_ip {
                 return None; // dropping `slot` gives back the total count
             }
             *n += 1;
@@ -264,9 +293,7 @@ impl ConnCaps {
 impl Drop for CapSlot {
     fn drop(&mut self) {
         let caps = &self.caps;
-        if caps.total > 0 {
-            caps.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        caps.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.ip {
             let mut by_ip = caps.by_ip.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = by_ip.get_mut(&ip) {
@@ -289,34 +316,67 @@ pub async fn start_with_log(
     config: Config,
     log_sink: Box<dyn io::Write + Send>,
 ) -> Result<ServerHandle, StartupError> {
-    let provider = tls::provider();
-    let challenges = Arc::new(Challenges::default());
-    let resolver = Arc::new(CertResolver::new(challenges.clone()));
-    let site_certs = Arc::new(SiteCerts::new(&config, resolver.clone()));
-    let needs_storage = |m: &TlsMode| matches!(m, TlsMode::Internal | TlsMode::Acme);
-    let storage: Option<Arc<dyn Storage>> = if config.sites.iter().any(|s| needs_storage(&s.tls)) {
-        let s = FileStorage::open(&config.certs_dir).map_err(|source| StartupError::Storage {
-            path: config.certs_dir.clone(),
-            source,
-        })?;
-        Some(Arc::new(s))
-    } else {
-        None
+    let log = AccessLog::start(config.access_log, log_sink);
+    let grace = config.grace_period;
+    let shutdown = CancellationToken::new();
+    // a placeholder until the first config is in; no connection is accepted before
+    let placeholder = Live {
+        proxy: Proxy::empty(log.clone(), &config),
+        builder: http_builder(&config),
+        tls: None,
+        handshake_timeout: config.timeouts.tls_handshake,
+        watch: WatchLimits::new(&config),
     };
-    let mut local_ca = None;
-    if let (Some(storage), true) = (
-        &storage,
-        config.sites.iter().any(|s| s.tls == TlsMode::Internal),
-    ) {
-        local_ca = Some(Arc::new(LocalCa::load_or_create(storage.as_ref()).await?));
-    }
-    install_certs(&config, local_ca.as_deref(), &provider, &site_certs, false)?;
-    let routes = Routes::build(&config).map_err(|source| StartupError::Storage {
-        path: config.file.clone(),
-        source,
-    })?;
-    let pools = routes.pools().to_vec();
+    let shared = Arc::new(Shared {
+        live: ArcSwap::from_pointee(placeholder),
+        drain: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+        caps: Arc::new(ConnCaps::default()),
+    });
+    let core = Core::new(log.clone(), shared.clone());
+    core.apply(config).await?;
+    let status = core.status();
+    let status = status
+        .as_ref()
+        .as_ref()
+        .expect("status after the first config");
+    let (http_addr, https_addr, admin_addr) = (status.http, status.https, status.admin);
+    let local_ca = status.local_ca.clone();
+    let c = core.clone();
+    let done = tokio::spawn(async move {
+        c.shutdown.cancelled().await;
+        // The listeners are dropped (closed) when their accept loops end.
+        c.accepting.close();
+        c.accepting.wait().await;
+        tracing::info!(connections = c.tracker.len(), "listeners closed; draining");
+        c.tracker.close();
+        // ACME loops stop at once, except one saving a new certificate, which finishes it.
+        c.acme_tasks.close();
+        if tokio::time::timeout(grace, c.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
+            c.shared.hard_stop.cancel();
+            c.tracker.wait().await;
+        }
+        // responses being written to the cache's disk tier are kept for the next run
+        if let Some(cache) = c.shared.live.load().proxy.cache() {
+            let _ = tokio::time::timeout(grace, cache.flush()).await;
+        }
+        let _ = tokio::time::timeout(grace, c.acme_tasks.wait()).await;
+    });
+    Ok(ServerHandle {
+        http_addr,
+        https_addr,
+        admin_addr,
+        local_ca,
+        control: Control(core),
+        shutdown,
+        done,
+        log,
+    })
+}
 
+/// The HTTP/1.1 and HTTP/2 server settings of `config`.
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -329,41 +389,12 @@ pub async fn start_with_log(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.limits.max_header_size as u32);
+    builder
+}
 
-    let http = match config.http {
-        Some(a) => Some(bind(a)?),
-        None => None,
-    };
-    let https = match config.https {
-        Some(a) if config.sites.iter().any(|s| s.tls != TlsMode::Off) => Some(bind(a)?),
-        _ => None,
-    };
-    let tls = match &https {
-        Some(_) => Some(TlsAcceptor::from(tls::server_config(
-            resolver.clone(),
-            provider.clone(),
-        )?)),
-        None => None,
-    };
-    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-    let (http_addr, https_addr) = (addr(&http), addr(&https));
-    let log = AccessLog::start(config.access_log, log_sink);
-    // The bound port, not the configured one: they differ when the config asks for port 0.
-    let proxy = Proxy::new(
-        routes,
-        https_addr.map(|a| a.port()),
-        log.clone(),
-        challenges.clone(),
-        &config,
-        None,
-    )?;
-    let shutdown = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        proxy,
-        builder,
-        tls,
-        handshake_timeout: config.timeouts.tls_handshake,
-        watch: WatchLimits {
+impl WatchLimits {
+    fn new(config: &Config) -> WatchLimits {
+        WatchLimits {
             header: config.timeouts.client_header,
             header_idle: config.timeouts.client_header_idle,
             min_rate: config.timeouts.client_min_rate,
@@ -374,109 +405,70 @@ pub async fn start_with_log(
                 .timeouts
                 .client_idle
                 .max(config.timeouts.upstream_response),
-        },
-        drain: shutdown.clone(),
-        hard_stop: CancellationToken::new(),
-        caps: Arc::new(ConnCaps {
-            total: config.limits.max_connections,
-            per_ip: config.limits.max_connections_per_ip,
-            ..ConnCaps::default()
-        }),
-    });
-    // Stored ACME certificates are installed before the listeners accept, so those sites
-    // serve from the first handshake.
-    for pool in pools {
-        tokio::spawn(pool.check_health(shutdown.clone()));
-    }
-    let acme_tasks = TaskTracker::new();
-    let acme_sites: Vec<ManagedSite> = config
-        .sites
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.tls == TlsMode::Acme)
-        .map(|(site, s)| ManagedSite {
-            site,
-            names: s.names.clone(),
-        })
-        .collect();
-    if let (Some(storage), false) = (storage, acme_sites.is_empty()) {
-        let manager = AcmeManager::new(
-            config.acme.clone(),
-            storage,
-            challenges.clone(),
-            site_certs.clone(),
-            provider.clone(),
-        )?;
-        manager
-            .start(acme_sites, shutdown.clone(), &acme_tasks)
-            .await;
-    }
-    let admin_addr = match config.admin {
-        Some(addr) => {
-            let listener = bind(addr)?;
-            let local = listener.local_addr().ok();
-            tokio::spawn(crate::admin::serve(
-                listener,
-                shared.proxy.cache().cloned(),
-                shutdown.clone(),
-            ));
-            tracing::info!(addr = ?local, "admin listener on");
-            local
-        }
-        None => None,
-    };
-    let tracker = TaskTracker::new();
-    let mut accepting = Vec::new();
-    for (listener, is_tls) in [(http, false), (https, true)] {
-        if let Some(listener) = listener {
-            accepting.push(tokio::spawn(accept_loop(
-                listener,
-                is_tls,
-                shared.clone(),
-                tracker.clone(),
-            )));
         }
     }
-    if let Some(ca) = &local_ca {
-        tokio::spawn(renew_internal(
-            config.clone(),
-            ca.clone(),
-            provider.clone(),
-            site_certs.clone(),
-            shutdown.clone(),
-        ));
+}
+
+/// What the admin listener and the process (SIGHUP) may do with a running server.
+#[derive(Clone)]
+pub struct Control(Arc<Core>);
+
+impl Control {
+    /// Reads the config file again and, when it is valid and can be applied, swaps it in.
+    /// Otherwise the running config stays, and the error (every message `usher check`
+    /// would print, or why it could not be applied) is logged, kept for the admin API, and
+    /// returned.
+    // Boxed: the admin listener (which reload may start) calls this, and the future types
+    // would otherwise contain themselves.
+    pub fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Status, ReloadError>> + Send + '_>> {
+        Box::pin(self.reload_now())
     }
-    let grace = config.grace_period;
-    let done = tokio::spawn(async move {
-        shared.drain.cancelled().await;
-        // The listeners are dropped (closed) when their accept loops end.
-        for a in accepting {
-            let _ = a.await;
+
+    async fn reload_now(&self) -> Result<Status, ReloadError> {
+        let Some(file) = self.status().map(|s| s.file.clone()) else {
+            return Err(ReloadError::NotStarted);
+        };
+        let result = match Config::load(&file) {
+            Ok(config) => self.0.apply(config).await.map_err(ReloadError::Apply),
+            Err(e) => Err(ReloadError::Config(e)),
+        };
+        match result {
+            Ok(()) => {
+                let status = self.status().expect("status after a reload");
+                tracing::info!(
+                    generation = status.generation,
+                    "reloaded: {}",
+                    status.summary
+                );
+                Ok(status)
+            }
+            Err(e) => {
+                tracing::error!("reload failed; the running config stays:\n{e}");
+                self.0.failed(e.to_string());
+                Err(e)
+            }
         }
-        tracing::info!(connections = tracker.len(), "listeners closed; draining");
-        tracker.close();
-        // ACME loops stop at once, except one saving a new certificate, which finishes it.
-        acme_tasks.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
-            shared.hard_stop.cancel();
-            tracker.wait().await;
-        }
-        // responses being written to the cache's disk tier are kept for the next run
-        if let Some(cache) = shared.proxy.cache() {
-            let _ = tokio::time::timeout(grace, cache.flush()).await;
-        }
-        let _ = tokio::time::timeout(grace, acme_tasks.wait()).await;
-    });
-    Ok(ServerHandle {
-        http_addr,
-        https_addr,
-        admin_addr,
-        local_ca: local_ca.map(|ca| ca.cert_location().to_owned()),
-        shutdown,
-        done,
-        log,
-    })
+    }
+
+    /// The running config's status.
+    pub fn status(&self) -> Option<Status> {
+        self.0.status().as_ref().clone()
+    }
+
+    /// The response cache, when a route uses it.
+    pub fn cache(&self) -> Option<Arc<crate::cache::Cache>> {
+        self.0.shared.live.load().proxy.cache().cloned()
+    }
+
+    /// The current pools.
+    pub fn pools(&self) -> Vec<Arc<crate::upstream::Pool>> {
+        self.0.shared.live.load().proxy.routes().pools().to_vec()
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.0.shared.caps.open.load(Ordering::Relaxed)
+    }
 }
 
 /// Installs the certificates usher makes or reads itself (local CA, PEM files); ACME sites stay
@@ -537,15 +529,17 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     socket.listen(BACKLOG).map_err(err)
 }
 
+/// Accepts connections until `stop` (a drain, or a reload that closes this listener).
 async fn accept_loop(
     listener: TcpListener,
     is_tls: bool,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    stop: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.drain.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {
@@ -558,17 +552,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = if shared.caps.total > 0 || shared.caps.per_ip > 0 {
-            match ConnCaps::admit(&shared.caps, peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    // closed at once, as HAProxy's connection rejects: nothing is read
-                    tracing::debug!(%peer, "connection cap reached: closing");
-                    continue;
-                }
-            }
-        } else {
-            None
+        let Some(slot) = ConnCaps::admit(&shared.caps, peer.ip()) else {
+            // closed at once, as HAProxy's connection rejects: nothing is read
+            tracing::debug!(%peer, "connection cap reached: closing");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
@@ -583,16 +570,17 @@ async fn serve_tcp(
     peer: SocketAddr,
     is_tls: bool,
     shared: Arc<Shared>,
-    slot: Option<CapSlot>,
+    slot: CapSlot,
 ) {
     let info = |tls, sni| {
         let mut info = ConnInfo::new(peer, tls, sni);
-        info.cap = slot;
+        info.cap = Some(slot);
         info
     };
-    match (&shared.tls, is_tls) {
+    let live = shared.live.load_full();
+    match (&live.tls, is_tls) {
         (Some(acceptor), true) => {
-            let handshake = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp));
+            let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
@@ -614,13 +602,13 @@ async fn serve_tcp(
                 return;
             }
             let sni = stream.get_ref().1.server_name().map(Box::from);
-            serve_conn(stream, info(true, sni), shared).await;
+            serve_conn(stream, info(true, sni), shared, &live).await;
         }
-        _ => serve_conn(tcp, info(false, None), shared).await,
+        _ => serve_conn(tcp, info(false, None), shared, &live).await,
     }
 }
 
-async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>)
+async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>, live: &Live)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -632,21 +620,22 @@ where
     let svc = {
         let (shared, info) = (shared.clone(), info.clone());
         service_fn(move |req| {
-            let (shared, info) = (shared.clone(), info.clone());
-            async move { Ok::<_, std::convert::Infallible>(shared.proxy.handle(req, info).await) }
+            // each request on the config current when it starts
+            let (live, info) = (shared.live.load_full(), info.clone());
+            async move { Ok::<_, std::convert::Infallible>(live.proxy.handle(req, info).await) }
         })
     };
     // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
-    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
+    let conn = live.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     // The connection's state (and with it the rule that applies) changes between wake-ups, so
     // the watcher never sleeps longer than the shortest limit.
-    let nap = shared
-        .watch
+    let limits = live.watch;
+    let nap = limits
         .header
-        .min(shared.watch.header_idle)
-        .min(shared.watch.idle)
-        .min(shared.watch.stall);
+        .min(limits.header_idle)
+        .min(limits.idle)
+        .min(limits.stall);
     let watch = tokio::time::sleep(nap);
     tokio::pin!(watch);
     let mut closing = false;
@@ -662,7 +651,7 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = watch.as_mut(), if !closing => match info.watch(shared.watch, Instant::now()) {
+            _ = watch.as_mut(), if !closing => match info.watch(limits, Instant::now()) {
                 Watch::Until(deadline) => watch.as_mut().reset(deadline.min(Instant::now() + nap)),
                 Watch::Idle => {
                     closing = true;

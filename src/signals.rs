@@ -1,4 +1,4 @@
-//! Process signals: SIGTERM and SIGINT start a graceful drain.
+//! Process signals: SIGTERM and SIGINT start a graceful drain; SIGHUP reloads the config.
 
 use std::io;
 
@@ -15,4 +15,9 @@ pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = &'stati
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+/// SIGHUP, each time it comes (installed before this returns).
+pub fn reload_signal() -> io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup())
 }

@@ -95,6 +95,8 @@ impl CertMap {
 pub struct CertResolver {
     map: ArcSwap<CertMap>,
     challenges: Arc<Challenges>,
+    /// The [`SiteCerts`] whose map is served (0: none yet); changes are serialized by it.
+    owner: std::sync::Mutex<u64>,
 }
 
 impl CertResolver {
@@ -103,12 +105,19 @@ impl CertResolver {
         CertResolver {
             map: ArcSwap::default(),
             challenges,
+            owner: std::sync::Mutex::new(0),
         }
     }
 
-    /// Replaces every certificate at once; handshakes in progress finish with the old map.
-    pub fn replace(&self, map: CertMap) {
-        self.map.store(Arc::new(map));
+    /// Serves `map` if the set `id` owns the resolver (or `take` makes it the owner).
+    fn publish(&self, id: u64, map: CertMap, take: bool) {
+        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if take {
+            *owner = id;
+        }
+        if *owner == id {
+            self.map.store(Arc::new(map));
+        }
     }
 }
 
@@ -144,13 +153,18 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Every site's current certificate. Changing one rebuilds the whole [`CertMap`] (a few
-/// entries per site, on a certificate change, never per request) and swaps it in.
+/// Every site's current certificate, for one config. Once active, changing one rebuilds
+/// the whole [`CertMap`] (a few entries per site, on a certificate change, never per
+/// request) and swaps it in. A reload prepares the next config's set inactive, activates
+/// it when it commits, and retires the old one (so a loop of the old config finishing late
+/// cannot put its map back).
 #[derive(Debug)]
 pub struct SiteCerts {
     sites: Vec<(Vec<String>, bool)>,
     certs: std::sync::Mutex<Vec<Option<Arc<CertifiedKey>>>>,
     resolver: Arc<CertResolver>,
+    /// Names this set to the resolver.
+    id: u64,
 }
 
 impl SiteCerts {
@@ -175,13 +189,42 @@ impl SiteCerts {
             sites,
             certs: std::sync::Mutex::new(certs),
             resolver,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
-    /// Serves `cert` for site `site` from the next handshake on.
+    /// Takes the certificates of `old` for the sites with the same names.
+    pub fn carry_over(&self, old: &SiteCerts) {
+        let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        let old_certs = old.certs.lock().unwrap_or_else(|e| e.into_inner());
+        for ((names, _), cert) in self.sites.iter().zip(certs.iter_mut()) {
+            if names.is_empty() {
+                continue;
+            }
+            if let Some(i) = old.sites.iter().position(|(n, _)| n == names) {
+                cert.clone_from(&old_certs[i]);
+            }
+        }
+    }
+
+    /// Serves this set from the next handshake on; from then on, only this set's changes
+    /// reach the resolver (an older set's late `set` is kept to itself).
+    pub fn activate(&self) {
+        let certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        self.resolver.publish(self.id, self.map(&certs), true);
+    }
+
+    /// Serves `cert` for site `site` from the next handshake on (once active).
     pub fn set(&self, site: usize, cert: Arc<CertifiedKey>) {
         let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
         certs[site] = Some(cert);
+        self.resolver.publish(self.id, self.map(&certs), false);
+    }
+
+    fn map(&self, certs: &[Option<Arc<CertifiedKey>>]) -> CertMap {
         let mut map = CertMap::default();
         for ((names, default), cert) in self.sites.iter().zip(certs.iter()) {
             match cert {
@@ -189,7 +232,7 @@ impl SiteCerts {
                 None => map.pending(names),
             }
         }
-        self.resolver.replace(map);
+        map
     }
 }
 

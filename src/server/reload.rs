@@ -1,0 +1,426 @@
+//! One config's worth of running server, built at startup and again at every reload.
+//!
+//! A reload builds the new generation beside the running one: new listen addresses are
+//! bound, certificates loaded or issued, routes compiled, the ACME client made. Anything
+//! failing there leaves the running generation untouched, and the error is returned (and
+//! logged by the caller). Only then is it committed, in steps that cannot fail: the
+//! certificates and the request path are swapped in, pools that are gone are retired, the
+//! background loops of the old generation stop and the new one's start, and listeners that
+//! are no longer wanted close. Listeners, pools (health, connections, load), the cache and
+//! the buffers whose settings did not change carry over; requests in flight and open
+//! tunnels finish on what they started with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{accept_loop, bind, install_certs, renew_internal, Live, Shared, WatchLimits};
+use crate::access_log::AccessLog;
+use crate::acme::{AcmeManager, Challenges, ManagedSite};
+use crate::certs::{FileStorage, LocalCa, Storage};
+use crate::config::{Config, TlsMode};
+use crate::error::StartupError;
+use crate::proxy::Proxy;
+use crate::routing::Routes;
+use crate::tls::{self, CertResolver, SiteCerts};
+
+/// Which listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    Https,
+    Admin,
+}
+
+/// A listener of the running generation.
+struct Listening {
+    kind: Kind,
+    /// The address in the config (port 0 stays 0 here).
+    wanted: SocketAddr,
+    /// The address bound.
+    bound: SocketAddr,
+    /// Stops its accept loop.
+    stop: CancellationToken,
+}
+
+/// The running generation's parts that a reload replaces or compares with.
+struct State {
+    config: Arc<Config>,
+    site_certs: Arc<SiteCerts>,
+    /// Its ACME and internal-certificate loops.
+    background: CancellationToken,
+    listeners: Vec<Listening>,
+    /// Where the local CA certificate is, when a site uses it.
+    local_ca: Option<String>,
+}
+
+/// What the admin API and the handle report about the running config.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1 for the config usher started with, +1 for each reload that took.
+    pub generation: u64,
+    /// When the running config was loaded.
+    pub loaded: SystemTime,
+    /// `Config::summary` of the running config.
+    pub summary: String,
+    /// Bound addresses.
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// Where the local CA certificate is, when a site uses `tls = "internal"`.
+    pub local_ca: Option<String>,
+    /// The last reload that failed, if the last reload failed: when, and every error.
+    pub failed: Option<(SystemTime, String)>,
+}
+
+/// The server's long-lived core: what outlives every generation, and the current one.
+pub struct Core {
+    pub(super) shared: Arc<Shared>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    challenges: Arc<Challenges>,
+    resolver: Arc<CertResolver>,
+    log: Option<AccessLog>,
+    /// Client connections.
+    pub(super) tracker: TaskTracker,
+    /// Accept loops.
+    pub(super) accepting: TaskTracker,
+    pub(super) acme_tasks: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+    /// One reload at a time; `None` until the first config is in.
+    state: tokio::sync::Mutex<Option<State>>,
+    status: ArcSwap<Option<Status>>,
+}
+
+/// A new generation, built and checked, not yet running.
+struct Prepared {
+    config: Arc<Config>,
+    site_certs: Arc<SiteCerts>,
+    local_ca: Option<Arc<LocalCa>>,
+    live: Live,
+    manager: Option<(Arc<AcmeManager>, Vec<ManagedSite>)>,
+    kept: Vec<Listening>,
+    fresh: Vec<(Kind, SocketAddr, TcpListener)>,
+}
+
+impl Core {
+    pub(super) fn new(log: Option<AccessLog>, shared: Arc<Shared>) -> Arc<Core> {
+        let challenges = Arc::new(Challenges::default());
+        Arc::new(Core {
+            shutdown: shared.drain.clone(),
+            shared,
+            provider: tls::provider(),
+            resolver: Arc::new(CertResolver::new(challenges.clone())),
+            challenges,
+            log,
+            tracker: TaskTracker::new(),
+            accepting: TaskTracker::new(),
+            acme_tasks: TaskTracker::new(),
+            state: tokio::sync::Mutex::new(None),
+            status: ArcSwap::from_pointee(None),
+        })
+    }
+
+    /// The running config's status (`None` before the first config is in).
+    pub fn status(&self) -> Arc<Option<Status>> {
+        self.status.load_full()
+    }
+
+    /// Builds `config` and swaps it in, or leaves everything as it was and says why.
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), StartupError> {
+        let mut state = self.state.lock().await;
+        let prepared = self.prepare(Arc::new(config), state.as_ref()).await?;
+        let next = self.commit(prepared, state.take()).await;
+        let generation = self.status().as_ref().as_ref().map_or(0, |s| s.generation) + 1;
+        let addr = |k: Kind| next.listeners.iter().find(|l| l.kind == k).map(|l| l.bound);
+        self.status.store(Arc::new(Some(Status {
+            file: next.config.file.clone(),
+            generation,
+            loaded: SystemTime::now(),
+            summary: next.config.summary(),
+            http: addr(Kind::Http),
+            https: addr(Kind::Https),
+            admin: addr(Kind::Admin),
+            local_ca: next.local_ca.clone(),
+            failed: None,
+        })));
+        *state = Some(next);
+        Ok(())
+    }
+
+    /// Records a reload that failed (the running config stays).
+    pub fn failed(&self, error: String) {
+        let mut status = (*self.status()).clone();
+        if let Some(s) = status.as_mut() {
+            s.failed = Some((SystemTime::now(), error));
+        }
+        self.status.store(Arc::new(status));
+    }
+
+    async fn prepare(
+        &self,
+        config: Arc<Config>,
+        prev: Option<&State>,
+    ) -> Result<Prepared, StartupError> {
+        // Listeners first: a taken port is the likeliest failure, and the cheapest to undo.
+        let mut kept = Vec::new();
+        let mut fresh = Vec::new();
+        for (kind, addr) in wanted_listeners(&config) {
+            let same = prev.and_then(|p| {
+                p.listeners
+                    .iter()
+                    .find(|l| l.kind == kind && l.wanted == addr)
+            });
+            match same {
+                Some(l) => kept.push(Listening {
+                    kind,
+                    wanted: addr,
+                    bound: l.bound,
+                    stop: l.stop.clone(),
+                }),
+                None => fresh.push((kind, addr, bind(addr)?)),
+            }
+        }
+        let bound = |k: Kind| {
+            kept.iter()
+                .find(|l| l.kind == k)
+                .map(|l| l.bound)
+                .or_else(|| {
+                    fresh
+                        .iter()
+                        .find(|f| f.0 == k)
+                        .and_then(|f| f.2.local_addr().ok())
+                })
+        };
+        let https_port = bound(Kind::Https).map(|a| a.port());
+
+        // Certificates: issued or read into a new set, not yet served.
+        let needs_storage = |m: &TlsMode| matches!(m, TlsMode::Internal | TlsMode::Acme);
+        let storage: Option<Arc<dyn Storage>> =
+            if config.sites.iter().any(|s| needs_storage(&s.tls)) {
+                let s = FileStorage::open(&config.certs_dir).map_err(|source| {
+                    StartupError::Storage {
+                        path: config.certs_dir.clone(),
+                        source,
+                    }
+                })?;
+                Some(Arc::new(s))
+            } else {
+                None
+            };
+        let local_ca = match (
+            &storage,
+            config.sites.iter().any(|s| s.tls == TlsMode::Internal),
+        ) {
+            (Some(storage), true) => {
+                Some(Arc::new(LocalCa::load_or_create(storage.as_ref()).await?))
+            }
+            _ => None,
+        };
+        let site_certs = Arc::new(SiteCerts::new(&config, self.resolver.clone()));
+        if let Some(p) = prev {
+            // ACME certificates of sites that stay keep serving until their loop reloads them
+            site_certs.carry_over(&p.site_certs);
+        }
+        install_certs(
+            &config,
+            local_ca.as_deref(),
+            &self.provider,
+            &site_certs,
+            false,
+        )?;
+        let acme_sites: Vec<ManagedSite> = config
+            .sites
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.tls == TlsMode::Acme)
+            .map(|(site, s)| ManagedSite {
+                site,
+                names: s.names.clone(),
+            })
+            .collect();
+        let manager = match (storage, acme_sites.is_empty()) {
+            (Some(storage), false) => Some((
+                AcmeManager::new(
+                    config.acme.clone(),
+                    storage,
+                    self.challenges.clone(),
+                    site_certs.clone(),
+                    self.provider.clone(),
+                )?,
+                acme_sites,
+            )),
+            _ => None,
+        };
+
+        // The request path.
+        let prev_live = prev.map(|_| self.shared.live.load_full());
+        let routes = Routes::rebuild(&config, prev_live.as_ref().map(|l| l.proxy.routes()))
+            .map_err(|source| StartupError::Storage {
+                path: config.file.clone(),
+                source,
+            })?;
+        let proxy = Proxy::new(
+            routes,
+            https_port,
+            self.log.clone(),
+            self.challenges.clone(),
+            &config,
+            prev_live.as_ref().map(|l| &l.proxy),
+        )?;
+        let tls = match (
+            bound(Kind::Https),
+            prev_live.as_ref().and_then(|l| l.tls.clone()),
+        ) {
+            (None, _) => None,
+            // the same TLS config keeps session tickets and resumption across reloads
+            (Some(_), Some(tls)) => Some(tls),
+            (Some(_), None) => Some(TlsAcceptor::from(tls::server_config(
+                self.resolver.clone(),
+                self.provider.clone(),
+            )?)),
+        };
+        let live = Live {
+            proxy,
+            builder: super::http_builder(&config),
+            tls,
+            handshake_timeout: config.timeouts.tls_handshake,
+            watch: WatchLimits::new(&config),
+        };
+        Ok(Prepared {
+            config,
+            site_certs,
+            local_ca,
+            live,
+            manager,
+            kept,
+            fresh,
+        })
+    }
+
+    /// Puts `next` in the place of `prev`; nothing here fails.
+    async fn commit(self: &Arc<Self>, next: Prepared, prev: Option<State>) -> State {
+        let config = next.config;
+        next.site_certs.activate();
+        let caps = &self.shared.caps;
+        caps.total
+            .store(config.limits.max_connections, Ordering::Relaxed);
+        caps.per_ip
+            .store(config.limits.max_connections_per_ip, Ordering::Relaxed);
+        let new_pools = next.live.proxy.routes().pools().to_vec();
+        let old = self.shared.live.swap(Arc::new(next.live));
+        let old_pools: &[Arc<crate::upstream::Pool>] = match &prev {
+            Some(_) => old.proxy.routes().pools(),
+            None => &[],
+        };
+        for p in old_pools {
+            if !new_pools.iter().any(|n| Arc::ptr_eq(n, p)) {
+                p.retire();
+            }
+        }
+        for p in &new_pools {
+            if !old_pools.iter().any(|o| Arc::ptr_eq(o, p)) {
+                tokio::spawn(p.clone().check_health(self.shutdown.clone()));
+            }
+        }
+        drop(old);
+
+        // Background loops: the old generation's stop, this one's start.
+        if let Some(p) = &prev {
+            p.background.cancel();
+        }
+        let background = self.shutdown.child_token();
+        if let Some((manager, sites)) = next.manager {
+            manager
+                .start(sites, background.clone(), &self.acme_tasks)
+                .await;
+        }
+        let local_ca = next
+            .local_ca
+            .as_ref()
+            .map(|ca| ca.cert_location().to_owned());
+        if let Some(ca) = next.local_ca {
+            tokio::spawn(renew_internal(
+                (*config).clone(),
+                ca,
+                self.provider.clone(),
+                next.site_certs.clone(),
+                background.clone(),
+            ));
+        }
+
+        // Listeners: close those no longer wanted, open the new ones.
+        if let Some(p) = &prev {
+            for l in &p.listeners {
+                if !next
+                    .kept
+                    .iter()
+                    .any(|k| k.kind == l.kind && k.wanted == l.wanted)
+                {
+                    tracing::info!(addr = %l.bound, "listener closed");
+                    l.stop.cancel();
+                }
+            }
+        }
+        let mut listeners = next.kept;
+        for (kind, wanted, listener) in next.fresh {
+            let bound = listener.local_addr().unwrap_or(wanted);
+            let stop = self.shutdown.child_token();
+            match kind {
+                Kind::Admin => {
+                    let control = super::Control(self.clone());
+                    self.accepting
+                        .spawn(crate::admin::serve(listener, control, stop.clone()));
+                    tracing::info!(addr = %bound, "admin listener on");
+                }
+                Kind::Http | Kind::Https => {
+                    self.accepting.spawn(accept_loop(
+                        listener,
+                        kind == Kind::Https,
+                        self.shared.clone(),
+                        self.tracker.clone(),
+                        stop.clone(),
+                    ));
+                    if prev.is_some() {
+                        tracing::info!(addr = %bound, "listener opened");
+                    }
+                }
+            }
+            listeners.push(Listening {
+                kind,
+                wanted,
+                bound,
+                stop,
+            });
+        }
+        State {
+            config,
+            site_certs: next.site_certs,
+            background,
+            listeners,
+            local_ca,
+        }
+    }
+}
+
+/// The listeners `config` asks for: https only when a site uses TLS.
+fn wanted_listeners(config: &Config) -> Vec<(Kind, SocketAddr)> {
+    let tls = config.sites.iter().any(|s| s.tls != TlsMode::Off);
+    [
+        (Kind::Http, config.http),
+        (Kind::Https, config.https.filter(|_| tls)),
+        (Kind::Admin, config.admin),
+    ]
+    .into_iter()
+    .filter_map(|(k, a)| Some((k, a?)))
+    .collect()
+}
