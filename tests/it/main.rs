@@ -12,6 +12,7 @@ mod cli;
 mod compression;
 mod proxying;
 mod python_apps;
+mod reload;
 mod routing;
 mod shutdown;
 mod static_files;

@@ -6,7 +6,7 @@ use crate::support::client::{tls_config, Proto};
 use crate::support::{bounded, TestServer, Upstream};
 
 /// Sends an upgrade request on `s`, checks the 101, then checks that bytes come back echoed.
-async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+pub(crate) async fn upgrade_and_echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )

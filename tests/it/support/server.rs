@@ -104,6 +104,23 @@ impl TestServer {
             .expect("no [admin] listen in the config")
     }
 
+    /// Replaces the config file with `SERVER_SECTION` followed by `rest` (for a reload).
+    pub fn write_config(&self, rest: &str) {
+        let text =
+            format!("{SERVER_SECTION}\n{rest}").replace("{dir}", self.root.to_str().unwrap());
+        std::fs::write(self.root.join("proxy.toml"), text).unwrap();
+    }
+
+    /// Reloads the config file, as SIGHUP does.
+    pub async fn reload(&self) -> Result<usher::server::Status, usher::error::ReloadError> {
+        super::bounded("reload", self.handle.as_ref().unwrap().reload()).await
+    }
+
+    /// The running config's status, as the admin API reports it.
+    pub fn status(&self) -> usher::server::Status {
+        self.handle.as_ref().unwrap().control().status().unwrap()
+    }
+
     /// The local CA PEM.
     pub fn ca(&self) -> &str {
         self.ca_pem
