@@ -9,9 +9,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode, Uri, Version};
 
 use crate::config::AccessLogFormat;
+use crate::metrics::RouteMetrics;
 use crate::server::ConnInfo;
 
 /// How long a line may wait in the buffer.
@@ -150,6 +151,9 @@ pub struct LogTail {
     pub bytes: u64,
     /// The upstream member that answered, if any.
     pub upstream: Option<Arc<str>>,
+    /// The counters of the route that took the request (the "unrouted" ones until then).
+    pub metrics: Arc<RouteMetrics>,
+    version: Version,
     status: StatusCode,
     start: Instant,
     method: Method,
@@ -161,23 +165,24 @@ pub struct LogTail {
 
 impl LogTail {
     /// Starts the record of a request; marks it in flight on its connection.
-    pub fn new(
+    pub fn new<B>(
         log: Option<AccessLog>,
         conn: Arc<ConnInfo>,
         start: Instant,
-        method: Method,
-        uri: Uri,
-        host: Option<HeaderValue>,
+        head: &http::Request<B>,
+        metrics: Arc<RouteMetrics>,
     ) -> LogTail {
         conn.request_started();
         LogTail {
             bytes: 0,
             upstream: None,
+            metrics,
+            version: head.version(),
             status: StatusCode::OK,
             start,
-            method,
-            uri,
-            host,
+            method: head.method().clone(),
+            uri: head.uri().clone(),
+            host: head.headers().get(http::header::HOST).cloned(),
             conn,
             log,
         }
@@ -260,6 +265,8 @@ struct JsonLine<'a> {
 impl Drop for LogTail {
     fn drop(&mut self) {
         self.conn.request_finished();
+        self.metrics
+            .record(self.status, self.version, self.start.elapsed(), self.bytes);
         if let Some(log) = &self.log {
             log.append(self);
         }

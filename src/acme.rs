@@ -85,6 +85,8 @@ pub struct AcmeManager {
     provider: Arc<CryptoProvider>,
     http: http::AcmeHttp,
     accounts: tokio::sync::Mutex<HashMap<String, Account>>,
+    /// Failed certificate orders (for metrics).
+    failures: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl AcmeManager {
@@ -105,7 +107,13 @@ impl AcmeManager {
             provider,
             http,
             accounts: tokio::sync::Mutex::new(HashMap::new()),
+            failures: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Counts failed orders in `counter` from now on.
+    pub fn count_failures_in(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.failures.set(counter);
     }
 
     /// Installs every stored certificate that is still valid (so those sites serve from the
@@ -220,6 +228,9 @@ impl AcmeManager {
                 }
                 Err(e) => {
                     failures += 1;
+                    if let Some(c) = self.failures.get() {
+                        c.inc();
+                    }
                     if e.is_unknown_account() {
                         self.forget_account(issuer_cfg).await;
                     }

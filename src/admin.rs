@@ -4,6 +4,10 @@
 //! - `GET /healthz`: usher is up;
 //! - `GET /readyz`: a config is loaded and its listeners are bound (JSON: generation, file,
 //!   addresses, the last failed reload if the last reload failed);
+//! - `GET /metrics`: Prometheus (OpenMetrics) text;
+//! - `GET /upstreams`: every pool, its members' health, in-flight requests and ejections;
+//! - `GET /certs`: every TLS site's certificate (expiry), and for ACME sites the issuer,
+//!   planned renewal, next attempt and last error;
 //! - `POST /reload`: reads the config file again (as SIGHUP does): 200 with the new status,
 //!   or 422 with every error while the running config stays;
 //! - `PURGE /path` with `Host: example.com`, or `POST /cache/purge?host=H&path=P`: that
@@ -96,6 +100,18 @@ fn status_json(s: &Status) -> serde_json::Value {
 async fn answer(req: Request<Incoming>, control: &Control) -> Response<Body> {
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok"),
+        ("GET", "/metrics") => {
+            let mut r = Response::new(Body::full(control.metrics()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        ("GET", "/upstreams") => json(StatusCode::OK, upstreams(control)),
+        ("GET", "/certs") => json(StatusCode::OK, certs(control).await),
         ("GET", "/readyz") => match control.status() {
             Some(s) => json(StatusCode::OK, status_json(&s)),
             None => text(StatusCode::SERVICE_UNAVAILABLE, "starting"),
@@ -143,7 +159,9 @@ async fn answer(req: Request<Incoming>, control: &Control) -> Response<Body> {
                 ),
             }
         }
-        (_, "/healthz" | "/readyz") => text(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/certs") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "GET only")
+        }
         (_, "/reload" | "/cache/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
         _ if req.method() == Method::GET => text(StatusCode::NOT_FOUND, "not found"),
         _ => text(
@@ -151,6 +169,85 @@ async fn answer(req: Request<Incoming>, control: &Control) -> Response<Body> {
             "see the README's [admin] section",
         ),
     }
+}
+
+/// Every pool and member, as now.
+fn upstreams(control: &Control) -> serde_json::Value {
+    let pools: Vec<serde_json::Value> = control
+        .pools()
+        .iter()
+        .map(|p| {
+            let s = p.snapshot();
+            let members: Vec<serde_json::Value> = s
+                .members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "addr": &*m.addr,
+                        "healthy": m.healthy,
+                        "ejected": m.ejected,
+                        "in_flight": m.in_flight,
+                        "idle_connections": m.idle,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": p.name(),
+                "members": members,
+                "queued": s.queued,
+                "retries": s.retried,
+                "ejections": s.ejections,
+            })
+        })
+        .collect();
+    serde_json::json!({ "pools": pools })
+}
+
+/// Every TLS site's certificate; what the ACME manager recorded for ACME sites.
+async fn certs(control: &Control) -> serde_json::Value {
+    use crate::acme::stored;
+    use crate::config::TlsMode;
+    let Some(config) = control.config() else {
+        return serde_json::json!({ "sites": [] });
+    };
+    let serving = control.certificates();
+    let storage = crate::certs::FileStorage::at(&config.certs_dir);
+    let mut sites = Vec::new();
+    for site in config.sites.iter().filter(|s| s.tls != TlsMode::Off) {
+        let primary = site.names.first().cloned().unwrap_or_default();
+        let expires = serving
+            .iter()
+            .find(|(n, _)| *n == primary)
+            .and_then(|(_, at)| *at)
+            .map(unix);
+        let mode = match &site.tls {
+            TlsMode::Acme => "acme",
+            TlsMode::Internal => "internal",
+            _ => "files",
+        };
+        let mut v = serde_json::json!({
+            "names": site.names,
+            "tls": mode,
+            "expires_at": expires,
+        });
+        if site.tls == TlsMode::Acme {
+            let meta = stored::load_public(&storage, &primary)
+                .await
+                .ok()
+                .flatten()
+                .map(|(m, _)| m);
+            let state = stored::load_state(&storage, &primary)
+                .await
+                .unwrap_or_default();
+            v["issuer"] = meta.as_ref().map(|m| m.issuer.clone()).into();
+            v["renew_at"] = meta.as_ref().map(|m| m.renew_at).into();
+            v["next_attempt"] = state.next_attempt.into();
+            v["failures"] = state.failures.into();
+            v["last_error"] = state.last_error.into();
+        }
+        sites.push(v);
+    }
+    serde_json::json!({ "sites": sites })
 }
 
 /// Purges `path` (a prefix when it ends in `*`) of `host`.

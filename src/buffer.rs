@@ -39,6 +39,8 @@ const FILE_CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Buffers {
     used: AtomicUsize,
+    /// Temporary files made (request bodies and responses).
+    files: std::sync::atomic::AtomicU64,
     settings: Buffering,
 }
 
@@ -47,6 +49,7 @@ impl Buffers {
     pub fn new(settings: Buffering) -> Arc<Buffers> {
         Arc::new(Buffers {
             used: AtomicUsize::new(0),
+            files: std::sync::atomic::AtomicU64::new(0),
             settings,
         })
     }
@@ -54,6 +57,16 @@ impl Buffers {
     /// What it was made with.
     pub fn settings(&self) -> &Buffering {
         &self.settings
+    }
+
+    /// Bytes of the memory budget in use now.
+    pub fn memory_used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Temporary files made so far.
+    pub fn files_made(&self) -> u64 {
+        self.files.load(Ordering::Relaxed)
     }
 
     /// The most of one response body kept in memory.
@@ -86,6 +99,7 @@ impl Buffers {
 
     /// A new temporary file, already unlinked.
     fn temp_file(&self) -> Result<File, ProxyError> {
+        self.files.fetch_add(1, Ordering::Relaxed);
         tempfile::tempfile_in(&self.settings.temp_dir).map_err(ProxyError::Spool)
     }
 }

@@ -52,6 +52,8 @@ pub struct Cache {
     max_entry: usize,
     /// What it was made with.
     settings: CacheSettings,
+    /// Lookups that were hits, misses, and stale entries served.
+    counts: [std::sync::atomic::AtomicU64; 3],
     /// Keys being fetched now, with the signal their waiters wait on.
     fetching: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Notify>>>,
 }
@@ -63,6 +65,23 @@ impl std::fmt::Debug for Cache {
             .field("bytes", &self.store.weighted_size())
             .finish()
     }
+}
+
+const HIT: usize = 0;
+const MISS: usize = 1;
+const STALE: usize = 2;
+
+/// A cache's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub entries: u64,
+    /// Weighed bytes in memory.
+    pub bytes: u64,
+    /// Bytes of the disk tier's files.
+    pub disk_bytes: Option<u64>,
 }
 
 /// What a lookup found.
@@ -149,6 +168,7 @@ impl Cache {
             store,
             disk,
             settings: settings.clone(),
+            counts: Default::default(),
             max_entry: settings.max_entry,
             fetching: Mutex::new(HashMap::new()),
         }))
@@ -189,6 +209,23 @@ impl Cache {
     /// What it was made with.
     pub fn settings(&self) -> &CacheSettings {
         &self.settings
+    }
+
+    /// Lookups so far (hits, misses, stale served) and what it holds now.
+    pub fn stats(&self) -> CacheStats {
+        let n = |i: usize| self.counts[i].load(std::sync::atomic::Ordering::Relaxed);
+        CacheStats {
+            hits: n(HIT),
+            misses: n(MISS),
+            stale: n(STALE),
+            entries: self.store.entry_count(),
+            bytes: self.store.weighted_size(),
+            disk_bytes: self.disk.as_ref().map(|d| d.bytes()),
+        }
+    }
+
+    fn count(&self, what: usize) {
+        self.counts[what].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for the disk writes under way.
@@ -252,7 +289,8 @@ impl Cache {
             if let Some(e) = &entry {
                 match e.policy.before_request(judged, SystemTime::now()) {
                     BeforeRequest::Fresh(head) => {
-                        return Lookup::Hit(e.respond(head, parts, from_disk))
+                        self.count(HIT);
+                        return Lookup::Hit(e.respond(head, parts, from_disk));
                     }
                     BeforeRequest::Stale { request, matches } if matches && e.within_swr(route) => {
                         // serve it now; one background request refreshes it
@@ -279,10 +317,12 @@ impl Cache {
                             });
                             Box::new(p)
                         });
+                        self.count(STALE);
                         return Lookup::Stale(resp, pending);
                     }
                     BeforeRequest::Stale { request, matches } if matches => {
                         // revalidate (or refetch) through this request
+                        self.count(MISS);
                         return Lookup::Miss(Box::new(self.pending(
                             key,
                             parts,
@@ -307,6 +347,7 @@ impl Cache {
                             cache: self.clone(),
                             key,
                         });
+                        self.count(MISS);
                         return Lookup::Miss(Box::new(p));
                     }
                 }
@@ -328,6 +369,7 @@ impl Cache {
                     waited = true;
                 }
                 None => {
+                    self.count(MISS);
                     return Lookup::Miss(Box::new(self.pending(
                         key,
                         parts,
@@ -383,6 +425,7 @@ impl Cache {
         }
         let mut resp = e.respond_stale(&pending.request);
         set_status(resp.headers_mut(), "fwd=stale; detail=stale-if-error");
+        self.count(STALE);
         Some(resp)
     }
 

@@ -30,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;

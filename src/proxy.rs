@@ -133,6 +133,11 @@ impl Proxy {
         }
     }
 
+    /// The buffer budget.
+    pub fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
     /// The compiled routes (and through them the pools).
     pub fn routes(&self) -> &Routes {
         &self.routes
@@ -149,9 +154,8 @@ impl Proxy {
             self.log.clone(),
             conn.clone(),
             Instant::now(),
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().get(header::HOST).cloned(),
+            &req,
+            self.routes.unrouted.clone(),
         );
         let accept = self
             .compression
@@ -246,6 +250,7 @@ impl Proxy {
         // more specific `/admin/` route into a broader one.
         let path = normalize_path(req.uri().path())?;
         let route = site.route_for(&path).ok_or(ProxyError::NoRoute)?;
+        tail.metrics = route.metrics.clone();
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
@@ -765,6 +770,7 @@ mod tests {
                 max_body_size: 1 << 20,
             },
             cache: None,
+            metrics: crate::metrics::Metrics::new().unrouted.clone(),
             action: RouteAction::Redirect {
                 status: StatusCode::FOUND,
                 to: "/".into(),

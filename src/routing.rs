@@ -25,6 +25,8 @@ pub struct Routes {
     default: Option<SiteId>,
     /// Every upstream pool, once each (for their health checks).
     pools: Vec<Arc<Pool>>,
+    /// The counters of requests that reach no route.
+    pub unrouted: Arc<crate::metrics::RouteMetrics>,
 }
 
 /// One site's routes.
@@ -47,6 +49,8 @@ pub struct RouteEntry {
     pub body: BodyPolicy,
     /// Response caching (proxy routes).
     pub cache: Option<RouteCache>,
+    /// Its request counters and latency histogram.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// What it does.
     pub action: RouteAction,
 }
@@ -66,21 +70,25 @@ impl Routes {
     /// Compiles the config. Static roots are resolved here, so a root that vanished since
     /// `usher check` fails the start, not the first request.
     pub fn build(config: &Config) -> std::io::Result<Routes> {
-        Routes::rebuild(config, None)
+        Routes::rebuild(config, None, &crate::metrics::Metrics::new())
     }
 
     /// Compiles the routes of `config`, keeping the pools of `previous` whose definition
     /// did not change (with their health, connections and load), as a reload does.
-    pub fn rebuild(config: &Config, previous: Option<&Routes>) -> std::io::Result<Routes> {
+    pub fn rebuild(
+        config: &Config,
+        previous: Option<&Routes>,
+        metrics: &crate::metrics::Metrics,
+    ) -> std::io::Result<Routes> {
         let mut old: Vec<Option<Arc<Pool>>> = previous
             .map(|r| r.pools.iter().cloned().map(Some).collect())
             .unwrap_or_default();
-        let mut pool_for = |p: &crate::config::UpstreamPool| -> Arc<Pool> {
-            let spec = PoolSpec::new(p, &config.timeouts);
+        let mut pool_for = |name: &str, p: &crate::config::UpstreamPool| -> Arc<Pool> {
+            let spec = PoolSpec::new(name, p, &config.timeouts);
             old.iter_mut()
                 .find(|o| o.as_ref().is_some_and(|o| o.built_from(&spec)))
                 .and_then(Option::take)
-                .unwrap_or_else(|| Arc::new(Pool::new(p, &config.timeouts)))
+                .unwrap_or_else(|| Arc::new(Pool::new(name, p, &config.timeouts)))
         };
         let mut routes = Routes {
             sites: Vec::with_capacity(config.sites.len()),
@@ -88,12 +96,13 @@ impl Routes {
             wildcard: HashMap::new(),
             default: None,
             pools: Vec::new(),
+            unrouted: metrics.unrouted.clone(),
         };
         // One runtime pool per named pool, shared by every route that names it.
         let named: HashMap<&str, Arc<Pool>> = config
             .upstreams
             .iter()
-            .map(|(name, p)| (name.as_str(), pool_for(p)))
+            .map(|(name, p)| (name.as_str(), pool_for(name, p)))
             .collect();
         routes.pools.extend(named.values().cloned());
         for (id, site) in config.sites.iter().enumerate() {
@@ -106,6 +115,7 @@ impl Routes {
             if site.default {
                 routes.default = Some(id);
             }
+            let site_name = site.names.first().map_or("-", String::as_str);
             let mut entries = Vec::with_capacity(site.routes.len());
             for r in &site.routes {
                 let action = match &r.action {
@@ -117,7 +127,7 @@ impl Routes {
                         }
                     },
                     Action::Proxy(ProxyTarget::Inline(pool)) => {
-                        let pool = pool_for(pool);
+                        let pool = pool_for(&format!("{}{}", site_name, r.path), pool);
                         routes.pools.push(pool.clone());
                         RouteAction::Proxy(pool)
                     }
@@ -131,6 +141,7 @@ impl Routes {
                     strip_prefix: r.strip_prefix,
                     body: r.body,
                     cache: r.cache.clone(),
+                    metrics: metrics.route(site_name, &r.path),
                     action,
                 });
             }

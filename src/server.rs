@@ -31,10 +31,12 @@ use crate::acme::ACME_TLS_ALPN;
 use crate::certs::{self, LocalCa};
 use crate::config::{Config, TlsMode};
 use crate::error::{ReloadError, StartupError};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::tls::SiteCerts;
 
 mod reload;
+mod scrape;
 
 use reload::Core;
 pub use reload::Status;
@@ -64,6 +66,17 @@ pub struct ConnInfo {
     /// The connection's place under the connection caps: held as long as anything holds
     /// this (an upgraded tunnel outlives the HTTP connection).
     cap: Option<CapSlot>,
+    /// Bytes read from the client, added to `received_into` when it closes.
+    received: AtomicU64,
+    received_into: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        if let Some(c) = &self.received_into {
+            c.inc_by(self.received.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// What the connection watcher decides.
@@ -104,6 +117,8 @@ impl ConnInfo {
             // The first request head is due from the start.
             head_since: AtomicU64::new(1),
             head_bytes: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            received_into: None,
             epoch: Instant::now(),
         }
     }
@@ -128,6 +143,7 @@ impl ConnInfo {
 
     fn read_progress(&self, n: u64) {
         let ms = self.touch();
+        self.received.fetch_add(n, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             if self.head_since.load(Ordering::Relaxed) == 0 {
                 self.head_since.store(ms + 1, Ordering::Relaxed);
@@ -233,6 +249,7 @@ struct Shared {
     hard_stop: CancellationToken,
     /// `max_connections` and `max_connections_per_ip`.
     caps: Arc<ConnCaps>,
+    metrics: Arc<Metrics>,
 }
 
 /// What one config makes of the request path and of new connections. A connection takes
@@ -327,13 +344,18 @@ pub async fn start_with_log(
         handshake_timeout: config.timeouts.tls_handshake,
         watch: WatchLimits::new(&config),
     };
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let mut metrics = Metrics::new();
+    metrics.register_collector(Box::new(scrape::Scrape(slot.clone())));
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(placeholder),
         drain: shutdown.clone(),
         hard_stop: CancellationToken::new(),
         caps: Arc::new(ConnCaps::default()),
+        metrics: Arc::new(metrics),
     });
     let core = Core::new(log.clone(), shared.clone());
+    let _ = slot.set(Arc::downgrade(&core));
     core.apply(config).await?;
     let status = core.status();
     let status = status
@@ -469,6 +491,25 @@ impl Control {
     pub fn open_connections(&self) -> usize {
         self.0.shared.caps.open.load(Ordering::Relaxed)
     }
+
+    /// The running config.
+    pub fn config(&self) -> Option<Arc<Config>> {
+        self.0.config.load_full()
+    }
+
+    /// Each TLS site's first name and its certificate's expiry.
+    pub fn certificates(&self) -> Vec<(String, Option<std::time::SystemTime>)> {
+        self.0
+            .certs
+            .load_full()
+            .map(|c| c.expiries())
+            .unwrap_or_default()
+    }
+
+    /// Every metric, in the text format.
+    pub fn metrics(&self) -> String {
+        self.0.shared.metrics.encode()
+    }
 }
 
 /// Installs the certificates usher makes or reads itself (local CA, PEM files); ACME sites stay
@@ -575,6 +616,7 @@ async fn serve_tcp(
     let info = |tls, sni| {
         let mut info = ConnInfo::new(peer, tls, sni);
         info.cap = Some(slot);
+        info.received_into = Some(shared.metrics.received.clone());
         info
     };
     let live = shared.live.load_full();
@@ -583,13 +625,18 @@ async fn serve_tcp(
             let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 r = handshake => match r {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        shared.metrics.handshakes.ok.inc();
+                        s
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        shared.metrics.handshakes.failed.inc();
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
+                        shared.metrics.handshakes.timed_out.inc();
                         return;
                     }
                 },

@@ -224,6 +224,25 @@ impl SiteCerts {
         self.resolver.publish(self.id, self.map(&certs), false);
     }
 
+    /// Each TLS site's first name, and when its certificate expires (`None`: none yet).
+    pub fn expiries(&self) -> Vec<(String, Option<std::time::SystemTime>)> {
+        let certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        self.sites
+            .iter()
+            .zip(certs.iter())
+            .filter(|((names, _), _)| !names.is_empty())
+            .map(|((names, _), cert)| {
+                let expiry = cert.as_ref().and_then(|c| {
+                    let (_, x) =
+                        x509_parser::parse_x509_certificate(c.end_entity_cert().ok()?).ok()?;
+                    let secs = u64::try_from(x.validity().not_after.timestamp()).ok()?;
+                    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                });
+                (names[0].clone(), expiry)
+            })
+            .collect()
+    }
+
     fn map(&self, certs: &[Option<Arc<CertifiedKey>>]) -> CertMap {
         let mut map = CertMap::default();
         for ((names, default), cert) in self.sites.iter().zip(certs.iter()) {

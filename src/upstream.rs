@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::SpooledBody;
 use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::metrics::Histo;
 
 mod balance;
 
@@ -355,19 +356,29 @@ pub struct Pool {
     spec: PoolSpec,
     /// Cancelled when a reload drops the pool: its health checks stop.
     retired: CancellationToken,
+    /// Requests sent again (to another member, or on a new connection).
+    retried: AtomicU64,
+    /// Members ejected after consecutive failures.
+    ejections: AtomicU64,
+    /// Time to response head.
+    latency: Histo,
 }
 
 /// A pool's definition: its config and the timeouts it uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
+    /// Its name in metrics and the admin API: the `[upstream.NAME]`, or the route's site
+    /// and path for a list of members in the route.
+    name: Arc<str>,
     pool: UpstreamPool,
     timeouts: [Duration; 3],
 }
 
 impl PoolSpec {
     /// The definition of a pool built from `pool` under `timeouts`.
-    pub fn new(pool: &UpstreamPool, timeouts: &Timeouts) -> PoolSpec {
+    pub fn new(name: &str, pool: &UpstreamPool, timeouts: &Timeouts) -> PoolSpec {
         PoolSpec {
+            name: name.into(),
             pool: pool.clone(),
             timeouts: [
                 timeouts.upstream_connect,
@@ -376,6 +387,29 @@ impl PoolSpec {
             ],
         }
     }
+}
+
+/// A pool's state at one moment.
+#[derive(Debug)]
+pub struct PoolSnapshot {
+    pub members: Vec<MemberSnapshot>,
+    /// Requests waiting for a slot (`max_conns`).
+    pub queued: usize,
+    pub retried: u64,
+    pub ejections: u64,
+}
+
+/// A member's state at one moment.
+#[derive(Debug)]
+pub struct MemberSnapshot {
+    pub addr: Arc<str>,
+    /// Passing its active checks (always, without checks).
+    pub healthy: bool,
+    /// Ejected after consecutive failures, for now.
+    pub ejected: bool,
+    pub in_flight: usize,
+    /// Idle connections kept for reuse.
+    pub idle: usize,
 }
 
 /// One upstream address and its idle connections.
@@ -489,7 +523,7 @@ impl Pool {
     }
 
     /// A pool over `addrs` with the configured timeouts.
-    pub fn new(pool: &UpstreamPool, timeouts: &Timeouts) -> Pool {
+    pub fn new(name: &str, pool: &UpstreamPool, timeouts: &Timeouts) -> Pool {
         let weights: Vec<u32> = pool.members.iter().map(|m| m.weight).collect();
         let labels: Vec<String> = pool.members.iter().map(|m| m.addr.to_string()).collect();
         Pool {
@@ -527,8 +561,11 @@ impl Pool {
             connect_timeout: timeouts.upstream_connect,
             response_timeout: timeouts.upstream_response,
             idle_timeout: pool.idle_timeout.unwrap_or(timeouts.upstream_idle),
-            spec: PoolSpec::new(pool, timeouts),
+            spec: PoolSpec::new(name, pool, timeouts),
             retired: CancellationToken::new(),
+            retried: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            latency: Histo::default(),
         }
     }
 
@@ -575,6 +612,7 @@ impl Pool {
                         self.failed(member);
                         if retry_left {
                             tracing::debug!(upstream = %member.label, error = %e, "connect failed; trying another member");
+                            self.retried.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         return Err(fail(e));
@@ -599,6 +637,7 @@ impl Pool {
             match sent {
                 Ok(Ok(response)) => {
                     member.load.observe(started.elapsed());
+                    self.latency.observe(started.elapsed());
                     if let Some(app_limit) = keep_alive_timeout(response.headers()) {
                         conn.idle_limit = conn.idle_limit.min(app_limit);
                     }
@@ -640,6 +679,7 @@ impl Pool {
                         }
                     }
                     tracing::debug!(upstream = %member.label, %error, reused, "upstream connection failed before a response; sending again");
+                    self.retried.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(_) => {
                     self.failed(member);
@@ -737,7 +777,40 @@ impl Pool {
             return;
         }
         let period = member.health.eject(now, self.eject_for);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::info!(upstream = %member.label, ?period, "member ejected after consecutive failures");
+    }
+
+    /// Its name (see [`PoolSpec`]).
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// What it looks like now, for metrics and the admin API.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let now = self.health_clock.elapsed();
+        PoolSnapshot {
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberSnapshot {
+                    addr: m.label.clone(),
+                    healthy: !m.health.down.load(Ordering::Relaxed),
+                    ejected: m.health.ejected_until_ms.load(Ordering::Relaxed)
+                        > now.as_millis() as u64,
+                    in_flight: m.load.in_flight.load(Ordering::Relaxed),
+                    idle: m.idle.lock().map_or(0, |v| v.len()),
+                })
+                .collect(),
+            queued: self.waiting.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Time to response head, over its life.
+    pub fn latency(&self) -> &Histo {
+        &self.latency
     }
 
     /// Whether it was built from `spec`.

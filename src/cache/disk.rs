@@ -294,6 +294,11 @@ impl Disk {
         self.writes.reopen();
     }
 
+    /// The bytes its files take.
+    pub fn bytes(&self) -> u64 {
+        self.index.weighted_size()
+    }
+
     /// Drops the entry for exactly `key`.
     pub fn remove(&self, key: &str) {
         self.index.invalidate(key);

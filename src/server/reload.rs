@@ -99,6 +99,10 @@ pub struct Core {
     /// One reload at a time; `None` until the first config is in.
     state: tokio::sync::Mutex<Option<State>>,
     status: ArcSwap<Option<Status>>,
+    /// The running generation's certificates (for metrics and the admin API).
+    pub(super) certs: arc_swap::ArcSwapOption<SiteCerts>,
+    /// The running config.
+    pub(super) config: arc_swap::ArcSwapOption<Config>,
 }
 
 /// A new generation, built and checked, not yet running.
@@ -127,6 +131,8 @@ impl Core {
             acme_tasks: TaskTracker::new(),
             state: tokio::sync::Mutex::new(None),
             status: ArcSwap::from_pointee(None),
+            certs: arc_swap::ArcSwapOption::empty(),
+            config: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -264,10 +270,13 @@ impl Core {
 
         // The request path.
         let prev_live = prev.map(|_| self.shared.live.load_full());
-        let routes = Routes::rebuild(&config, prev_live.as_ref().map(|l| l.proxy.routes()))
-            .map_err(|source| StartupError::Storage {
-                path: config.file.clone(),
-                source,
+        let previous = prev_live.as_ref().map(|l| l.proxy.routes());
+        let routes =
+            Routes::rebuild(&config, previous, &self.shared.metrics).map_err(|source| {
+                StartupError::Storage {
+                    path: config.file.clone(),
+                    source,
+                }
             })?;
         let proxy = Proxy::new(
             routes,
@@ -311,6 +320,8 @@ impl Core {
     async fn commit(self: &Arc<Self>, next: Prepared, prev: Option<State>) -> State {
         let config = next.config;
         next.site_certs.activate();
+        self.certs.store(Some(next.site_certs.clone()));
+        self.config.store(Some(config.clone()));
         let caps = &self.shared.caps;
         caps.total
             .store(config.limits.max_connections, Ordering::Relaxed);
@@ -340,6 +351,7 @@ impl Core {
         }
         let background = self.shutdown.child_token();
         if let Some((manager, sites)) = next.manager {
+            manager.count_failures_in(self.shared.metrics.cert_failures.clone());
             manager
                 .start(sites, background.clone(), &self.acme_tasks)
                 .await;
