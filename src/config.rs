@@ -40,6 +40,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// Compress responses (gzip, brotli, zstd) for clients that accept it.
     pub compression: bool,
+    /// When started as root: the user to run as once the listeners are bound.
+    pub user: Option<RunAs>,
     /// Client and upstream timeouts.
     pub timeouts: Timeouts,
     /// Request limits.
@@ -133,6 +135,14 @@ pub struct Buffering {
     pub max_file_size: u64,
     /// Where temporary files go (created already unlinked: nothing is left behind).
     pub temp_dir: PathBuf,
+}
+
+/// A user to run as: its name and ids, looked up when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The response cache's storage.

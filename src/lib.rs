@@ -31,6 +31,7 @@ pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -111,6 +111,7 @@ fn run(config: Config) -> ExitCode {
         // before starting: a SIGHUP's default action would end the process
         let hup = usher::signals::reload_signal();
         let summary = config.summary();
+        let run_as = config.user.clone();
         let handle = match usher::start(config).await {
             Ok(h) => h,
             Err(e) => {
@@ -119,6 +120,18 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        if let Some(user) = &run_as {
+            match usher::privileges::drop_to(user) {
+                Ok(what) => tracing::info!("{what}"),
+                Err(e) => {
+                    tracing::error!("cannot drop root privileges: {e}");
+                    eprintln!("usher: cannot drop root privileges: {e}");
+                    handle.shutdown();
+                    handle.wait().await;
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            }
+        }
         let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
         tracing::info!(
             "usher {} listening: http={} https={} ({summary})",

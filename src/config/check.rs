@@ -231,9 +231,36 @@ impl Checker<'_> {
             );
         }
         let compression = s.compression.as_ref().is_none_or(|c| *c.get_ref());
+        let user = s.user.as_ref().and_then(|u| {
+            let name = u.get_ref();
+            match nix::unistd::User::from_name(name) {
+                Ok(Some(found)) => Some(RunAs {
+                    name: name.clone(),
+                    uid: found.uid.as_raw(),
+                    gid: found.gid.as_raw(),
+                }),
+                Ok(None) => {
+                    self.issue(
+                        Some(u.span()),
+                        "server.user",
+                        format!("no user {name:?} on this machine"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.issue(
+                        Some(u.span()),
+                        "server.user",
+                        format!("cannot look up {name:?}: {e}"),
+                    );
+                    None
+                }
+            }
+        });
         Config {
             file: path.to_owned(),
             compression,
+            user,
             http,
             https,
             certs_dir,

@@ -96,6 +96,7 @@ pub struct RawServer {
     pub access_log: S<String>,
     pub grace_period: S<String>,
     pub compression: S<bool>,
+    pub user: S<String>,
 }
 
 /// `[timeouts]`: durations like "10s", "500ms", "2m".

@@ -632,6 +632,11 @@ fn buffering_limits_and_body_timeouts() {
             "not a folder",
         ),
         (
+            "[server]\nuser = \"no-such-user-here\"\n",
+            "server.user",
+            "no user",
+        ),
+        (
             "[cache]\ndisk_dir = \"/dev/null\"\n",
             "cache.disk_dir",
             "not a folder",

@@ -177,6 +177,14 @@ impl Core {
         config: Arc<Config>,
         prev: Option<&State>,
     ) -> Result<Prepared, StartupError> {
+        if let Some(p) = prev {
+            if p.config.user != config.user {
+                tracing::warn!("server.user changes take effect at the next start");
+            }
+            if p.config.access_log != config.access_log {
+                tracing::warn!("server.access_log changes take effect at the next start");
+            }
+        }
         // Listeners first: a taken port is the likeliest failure, and the cheapest to undo.
         let mut kept = Vec::new();
         let mut fresh = Vec::new();

@@ -167,3 +167,46 @@ async fn shipped_config_serves_the_demo() {
     let log = usher.stdout();
     assert!(log.contains("\"GET localhost /\" 200"), "{log}");
 }
+
+/// Started as root with `server.user`, usher binds, then runs as that user (and keeps
+/// serving). Not started as root, the key is ignored with a note.
+#[tokio::test]
+async fn started_as_root_it_drops_to_the_configured_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "[server]\nhttp = \"127.0.0.1:0\"\naccess_log = \"off\"\nuser = \"nobody\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
+    )
+    .unwrap();
+    let (mut usher, at) = Running::start(&file, dir.path());
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_owned();
+    if root {
+        // real, effective, saved and filesystem ids all changed
+        let nobody = nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        assert!(
+            uid_line
+                .split_whitespace()
+                .skip(1)
+                .all(|u| u == nobody.to_string()),
+            "{uid_line}"
+        );
+    } else {
+        usher.wait_for_line("ignored: not started as root").unwrap();
+    }
+    let mut c = Client::plain(at.http.unwrap(), Proto::H1).await;
+    assert_eq!(c.get("a.test", "/").await.status, 308);
+    drop(c);
+    usher.signal("TERM");
+    assert!(usher.wait_exit(crate::support::STEP).unwrap().success());
+}
