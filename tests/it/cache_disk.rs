@@ -246,8 +246,8 @@ async fn a_disk_folder_that_cannot_be_written_stops_startup() {
     let text = disk_config("127.0.0.1:9", "").replace("\"cache\"", "\"ro\"");
     let file = dir.path().join("proxy.toml");
     std::fs::write(&file, &text).unwrap();
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-    if root && !reachable_by_others(Path::new(crate::support::process::usher_bin())) {
+    let root = crate::support::process::running_as_root();
+    if root && !crate::support::process::runnable_by_others() {
         eprintln!("skipped the read-only folder case: nobody cannot run the test binary here");
         return;
     }
@@ -335,11 +335,4 @@ async fn purges_and_unsafe_methods_reach_the_disk() {
     }
     drop(c);
     usher.stop().await;
-}
-
-/// Whether a user other than the owner can run `bin` (every folder above it searchable).
-fn reachable_by_others(bin: &Path) -> bool {
-    bin.ancestors()
-        .skip(1)
-        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }

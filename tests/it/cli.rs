@@ -180,7 +180,7 @@ async fn started_as_root_it_drops_to_the_configured_user() {
     )
     .unwrap();
     let (mut usher, at) = Running::start(&file, dir.path());
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let root = crate::support::process::running_as_root();
     let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
     let uid_line = status
         .lines()

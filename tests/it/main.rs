@@ -11,6 +11,7 @@ mod cache_disk;
 mod caching;
 mod cli;
 mod compression;
+mod deploy;
 mod proxying;
 mod python_apps;
 mod reload;

@@ -14,6 +14,22 @@ pub fn usher_bin() -> &'static str {
     env!("CARGO_BIN_EXE_usher")
 }
 
+/// Whether the tests run as root (who may write anywhere: permission tests then run the
+/// binary as nobody).
+pub fn running_as_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// Whether a user other than its owner can run the usher binary (every folder above it
+/// searchable): not so when the checkout sits in a private home folder.
+pub fn runnable_by_others() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    Path::new(usher_bin())
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// Runs `usher ARGS` to completion (bounded) and returns its status, stdout and stderr.
 pub fn run(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
     run_as(args, cwd, None)
@@ -78,7 +94,17 @@ pub struct Listening {
 impl Running {
     /// Starts `usher run --config FILE` in `cwd` and waits for its "listening" line.
     pub fn start(config: &Path, cwd: &Path) -> (Running, Listening) {
-        let mut child = Command::new(usher_bin())
+        Running::start_as(config, cwd, None)
+    }
+
+    /// `start`, as the user `uid` when given.
+    pub fn start_as(config: &Path, cwd: &Path, uid: Option<u32>) -> (Running, Listening) {
+        let mut cmd = Command::new(usher_bin());
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        }
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .current_dir(cwd)
