@@ -13,13 +13,16 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked \
-    && install -D -m 0755 target/release/usher /out/usher
+    && install -D -m 0755 target/release/usher /out/usher \
+    && install -d -m 0700 -o 65532 -g 65532 /out/certs
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/usher /usr/local/bin/usher
 COPY deploy/docker/proxy.toml /etc/usher/proxy.toml
 COPY --chown=65532:65532 public /srv/www
-# certificates (local CA, ACME account keys and certificates) outlive the container
+# certificates (local CA, ACME account keys and certificates) outlive the container; the
+# folder belongs to the user usher runs as, and a new named volume takes that over
+COPY --from=build --chown=65532:65532 /out/certs /var/lib/usher/certs
 VOLUME ["/var/lib/usher/certs"]
 # the image's "nonroot" user, by number so the host can tell it is not root
 USER 65532:65532

@@ -151,8 +151,8 @@ pub struct LogTail {
     pub bytes: u64,
     /// The upstream member that answered, if any.
     pub upstream: Option<Arc<str>>,
-    /// The counters of the route that took the request (the "unrouted" ones until then).
-    pub metrics: Arc<RouteMetrics>,
+    /// The counters of the route that took the request, or of requests no route took.
+    pub metrics: Option<Arc<RouteMetrics>>,
     version: Version,
     status: StatusCode,
     start: Instant,
@@ -170,13 +170,12 @@ impl LogTail {
         conn: Arc<ConnInfo>,
         start: Instant,
         head: &http::Request<B>,
-        metrics: Arc<RouteMetrics>,
     ) -> LogTail {
         conn.request_started();
         LogTail {
             bytes: 0,
             upstream: None,
-            metrics,
+            metrics: None,
             version: head.version(),
             status: StatusCode::OK,
             start,
@@ -265,8 +264,9 @@ struct JsonLine<'a> {
 impl Drop for LogTail {
     fn drop(&mut self) {
         self.conn.request_finished();
-        self.metrics
-            .record(self.status, self.version, self.start.elapsed(), self.bytes);
+        if let Some(m) = &self.metrics {
+            m.record(self.status, self.version, self.start.elapsed(), self.bytes);
+        }
         if let Some(log) = &self.log {
             log.append(self);
         }

@@ -68,7 +68,7 @@ fn describe(e: &instant_acme::Error) -> String {
 }
 
 /// One ACME-managed site.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedSite {
     /// Its index among the config's sites.
     pub site: usize,
@@ -81,7 +81,9 @@ pub struct AcmeManager {
     config: Acme,
     storage: Arc<dyn Storage>,
     challenges: Arc<Challenges>,
-    certs: Arc<SiteCerts>,
+    /// Where new certificates go; a reload that keeps the manager points it at the new
+    /// config's set.
+    certs: arc_swap::ArcSwap<SiteCerts>,
     provider: Arc<CryptoProvider>,
     http: http::AcmeHttp,
     accounts: tokio::sync::Mutex<HashMap<String, Account>>,
@@ -103,12 +105,17 @@ impl AcmeManager {
             config,
             storage,
             challenges,
-            certs,
+            certs: arc_swap::ArcSwap::new(certs),
             provider,
             http,
             accounts: tokio::sync::Mutex::new(HashMap::new()),
             failures: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Installs new certificates into `certs` from now on (a reload that kept the sites).
+    pub fn retarget(&self, certs: Arc<SiteCerts>) {
+        self.certs.store(certs);
     }
 
     /// Counts failed orders in `counter` from now on.
@@ -134,11 +141,19 @@ impl AcmeManager {
                     tracing::warn!(site = %site.names[0], "stored certificate has expired; ordering a new one");
                     current = None;
                 } else {
-                    self.certs.set(site.site, s.certified.clone());
+                    self.certs.load().set(site.site, s.certified.clone());
                     tracing::info!(site = %site.names[0], not_after = %humantime::format_rfc3339(stored::time(s.meta.not_after)), "using the stored certificate");
                 }
             }
-            tasks.spawn(self.clone().site_loop(site, current, shutdown.clone()));
+            // a failing site resumes its backoff (after a restart or a reload that made a
+            // new manager) instead of ordering again at once
+            let resume = stored::load_state(self.storage.as_ref(), &site.names[0])
+                .await
+                .unwrap_or_default();
+            tasks.spawn(
+                self.clone()
+                    .site_loop(site, current, resume, shutdown.clone()),
+            );
         }
     }
 
@@ -146,13 +161,20 @@ impl AcmeManager {
         self: Arc<Self>,
         site: ManagedSite,
         mut current: Option<Stored>,
+        resume: stored::State,
         shutdown: CancellationToken,
     ) {
         let primary = site.names[0].clone();
         let mut wanted = site.names.clone();
         wanted.sort();
         let (mut retry_wait, mut floor) = (Duration::ZERO, Duration::ZERO);
-        let (mut failures, mut issuer) = (0u32, 0usize);
+        let (mut failures, mut issuer) = (resume.failures, 0usize);
+        if failures > 0 {
+            retry_wait = resume
+                .next_attempt
+                .and_then(|t| stored::time(t).duration_since(SystemTime::now()).ok())
+                .unwrap_or_default();
+        }
         loop {
             // What to wait for: a retry, a renewal, or (with ARI) a fresh look at the CA's window.
             let mut replaces = None;
@@ -208,7 +230,7 @@ impl AcmeManager {
                     {
                         tracing::error!(site = %primary, error = %e, "cannot store the new certificate; serving it from memory");
                     }
-                    self.certs.set(site.site, stored.certified.clone());
+                    self.certs.load().set(site.site, stored.certified.clone());
                     tracing::info!(
                         site = %primary,
                         issuer = %issuer_cfg.directory,

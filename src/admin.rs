@@ -152,7 +152,8 @@ async fn answer(req: Request<Incoming>, control: &Control) -> Response<Body> {
                     .map(|h| crate::headers::host_without_port(h).to_owned())
             });
             match host {
-                Some(host) => purge(control, &host, path),
+                Some(host) if path.starts_with('/') => purge(control, &host, path),
+                Some(_) => text(StatusCode::BAD_REQUEST, "PURGE a path: /page or /prefix*"),
                 None => text(
                     StatusCode::BAD_REQUEST,
                     "name the site in Host or the target",

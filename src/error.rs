@@ -230,6 +230,9 @@ pub enum ReloadError {
     /// No config was running yet.
     #[error("the server has not started")]
     NotStarted,
+    /// The server is draining (SIGTERM): nothing more is started.
+    #[error("the server is shutting down")]
+    Draining,
 }
 
 /// Why `Server::start` failed.

@@ -112,6 +112,9 @@ fn run(config: Config) -> ExitCode {
         let hup = usher::signals::reload_signal();
         let summary = config.summary();
         let run_as = config.user.clone();
+        let owned: Vec<std::path::PathBuf> = std::iter::once(config.certs_dir.clone())
+            .chain(config.cache.disk.as_ref().map(|d| d.dir.clone()))
+            .collect();
         let handle = match usher::start(config).await {
             Ok(h) => h,
             Err(e) => {
@@ -121,7 +124,8 @@ fn run(config: Config) -> ExitCode {
             }
         };
         if let Some(user) = &run_as {
-            match usher::privileges::drop_to(user) {
+            let owned: Vec<&std::path::Path> = owned.iter().map(|p| p.as_path()).collect();
+            match usher::privileges::drop_to(user, &owned) {
                 Ok(what) => tracing::info!("{what}"),
                 Err(e) => {
                     tracing::error!("cannot drop root privileges: {e}");

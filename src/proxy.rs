@@ -150,13 +150,7 @@ impl Proxy {
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
     pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Logged> {
-        let mut tail = LogTail::new(
-            self.log.clone(),
-            conn.clone(),
-            Instant::now(),
-            &req,
-            self.routes.unrouted.clone(),
-        );
+        let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
         let accept = self
             .compression
             .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
@@ -177,6 +171,9 @@ impl Proxy {
             }
         };
         tail.set_status(resp.status());
+        if tail.metrics.is_none() {
+            tail.metrics = Some(self.routes.unrouted.clone());
+        }
         // compressed after the cache and the buffers: they keep the identity body
         let resp = match accept {
             Some(a) if crate::compress::worth_a_look(&resp) => {
@@ -250,7 +247,7 @@ impl Proxy {
         // more specific `/admin/` route into a broader one.
         let path = normalize_path(req.uri().path())?;
         let route = site.route_for(&path).ok_or(ProxyError::NoRoute)?;
-        tail.metrics = route.metrics.clone();
+        tail.metrics = Some(route.metrics.clone());
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {

@@ -41,6 +41,10 @@ mod scrape;
 use reload::Core;
 pub use reload::Status;
 
+/// What a drain allows, after the connections are done, for cache writes and a
+/// certificate being saved to finish.
+const FINISHING: Duration = Duration::from_secs(5);
+
 /// Listen backlog: enough for a burst of new connections (nginx's benchmark config uses 4096).
 const BACKLOG: u32 = 4096;
 
@@ -252,15 +256,32 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-/// What one config makes of the request path and of new connections. A connection takes
-/// the current one when it is accepted (TLS, HTTP settings, watcher limits); each request
-/// takes the current one when it starts, and finishes with it.
+/// What one config makes of the request path and of new connections. Each request takes
+/// the current one when it starts, and finishes with it; a connection keeps only the
+/// connection settings current when it was accepted (not the routes and pools of an old
+/// config, which a reload then lets go).
 struct Live {
     proxy: Proxy,
+    conn: Arc<ConnSettings>,
+}
+
+/// TLS, HTTP settings and watcher limits of connections.
+struct ConnSettings {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     watch: WatchLimits,
+}
+
+impl ConnSettings {
+    fn new(config: &Config, tls: Option<TlsAcceptor>) -> Arc<ConnSettings> {
+        Arc::new(ConnSettings {
+            builder: http_builder(config),
+            tls,
+            handshake_timeout: config.timeouts.tls_handshake,
+            watch: WatchLimits::new(config),
+        })
+    }
 }
 
 /// Caps on client connections: in all, and per client IP address (0: no cap). Checked once
@@ -339,10 +360,7 @@ pub async fn start_with_log(
     // a placeholder until the first config is in; no connection is accepted before
     let placeholder = Live {
         proxy: Proxy::empty(log.clone(), &config),
-        builder: http_builder(&config),
-        tls: None,
-        handshake_timeout: config.timeouts.tls_handshake,
-        watch: WatchLimits::new(&config),
+        conn: ConnSettings::new(&config, None),
     };
     let slot = Arc::new(std::sync::OnceLock::new());
     let mut metrics = Metrics::new();
@@ -379,11 +397,14 @@ pub async fn start_with_log(
             c.shared.hard_stop.cancel();
             c.tracker.wait().await;
         }
-        // responses being written to the cache's disk tier are kept for the next run
+        // After the connections, a short allowance (not another grace period: process
+        // managers stop waiting soon after it) for responses being written to the cache's
+        // disk tier, kept for the next run, and a certificate being saved.
+        let allowance = tokio::time::Instant::now() + FINISHING;
         if let Some(cache) = c.shared.live.load().proxy.cache() {
-            let _ = tokio::time::timeout(grace, cache.flush()).await;
+            let _ = tokio::time::timeout_at(allowance, cache.flush()).await;
         }
-        let _ = tokio::time::timeout(grace, c.acme_tasks.wait()).await;
+        let _ = tokio::time::timeout_at(allowance, c.acme_tasks.wait()).await;
     });
     Ok(ServerHandle {
         http_addr,
@@ -447,14 +468,7 @@ impl Control {
     }
 
     async fn reload_now(&self) -> Result<Status, ReloadError> {
-        let Some(file) = self.status().map(|s| s.file.clone()) else {
-            return Err(ReloadError::NotStarted);
-        };
-        let result = match Config::load(&file) {
-            Ok(config) => self.0.apply(config).await.map_err(ReloadError::Apply),
-            Err(e) => Err(ReloadError::Config(e)),
-        };
-        match result {
+        match self.0.reload().await {
             Ok(()) => {
                 let status = self.status().expect("status after a reload");
                 tracing::info!(
@@ -466,7 +480,6 @@ impl Control {
             }
             Err(e) => {
                 tracing::error!("reload failed; the running config stays:\n{e}");
-                self.0.failed(e.to_string());
                 Err(e)
             }
         }
@@ -619,7 +632,7 @@ async fn serve_tcp(
         info.received_into = Some(shared.metrics.received.clone());
         info
     };
-    let live = shared.live.load_full();
+    let live = shared.live.load().conn.clone();
     match (&live.tls, is_tls) {
         (Some(acceptor), true) => {
             let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
@@ -655,7 +668,7 @@ async fn serve_tcp(
     }
 }
 
-async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>, live: &Live)
+async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>, live: &ConnSettings)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

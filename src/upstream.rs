@@ -636,8 +636,9 @@ impl Pool {
             let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    member.load.observe(started.elapsed());
-                    self.latency.observe(started.elapsed());
+                    let took = started.elapsed();
+                    member.load.observe(took);
+                    self.latency.observe(took);
                     if let Some(app_limit) = keep_alive_timeout(response.headers()) {
                         conn.idle_limit = conn.idle_limit.min(app_limit);
                     }

@@ -234,6 +234,14 @@ impl Checker<'_> {
         let user = s.user.as_ref().and_then(|u| {
             let name = u.get_ref();
             match nix::unistd::User::from_name(name) {
+                Ok(Some(found)) if found.uid.is_root() => {
+                    self.issue(
+                        Some(u.span()),
+                        "server.user",
+                        "root is what usher drops from; name an unprivileged user".into(),
+                    );
+                    None
+                }
                 Ok(Some(found)) => Some(RunAs {
                     name: name.clone(),
                     uid: found.uid.as_raw(),

@@ -22,12 +22,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{accept_loop, bind, install_certs, renew_internal, Live, Shared, WatchLimits};
+use super::{accept_loop, bind, install_certs, renew_internal, ConnSettings, Live, Shared};
 use crate::access_log::AccessLog;
 use crate::acme::{AcmeManager, Challenges, ManagedSite};
 use crate::certs::{FileStorage, LocalCa, Storage};
 use crate::config::{Config, TlsMode};
-use crate::error::StartupError;
+use crate::error::{ReloadError, StartupError};
 use crate::proxy::Proxy;
 use crate::routing::Routes;
 use crate::tls::{self, CertResolver, SiteCerts};
@@ -55,11 +55,31 @@ struct Listening {
 struct State {
     config: Arc<Config>,
     site_certs: Arc<SiteCerts>,
-    /// Its ACME and internal-certificate loops.
+    /// Its internal-certificate loop.
     background: CancellationToken,
+    /// The ACME manager and its loops, kept by a reload that changes neither `[acme]` nor
+    /// the ACME sites (orders under way go on).
+    acme: Option<RunningAcme>,
     listeners: Vec<Listening>,
     /// Where the local CA certificate is, when a site uses it.
     local_ca: Option<String>,
+}
+
+/// A running ACME manager and what it was started for.
+#[derive(Clone)]
+struct RunningAcme {
+    manager: Arc<AcmeManager>,
+    sites: Vec<ManagedSite>,
+    settings: crate::config::Acme,
+    certs_dir: PathBuf,
+    stop: CancellationToken,
+}
+
+/// What a new generation does about ACME.
+enum AcmePlan {
+    None,
+    Keep(RunningAcme),
+    Start(Arc<AcmeManager>, Vec<ManagedSite>),
 }
 
 /// What the admin API and the handle report about the running config.
@@ -111,7 +131,7 @@ struct Prepared {
     site_certs: Arc<SiteCerts>,
     local_ca: Option<Arc<LocalCa>>,
     live: Live,
-    manager: Option<(Arc<AcmeManager>, Vec<ManagedSite>)>,
+    acme: AcmePlan,
     kept: Vec<Listening>,
     fresh: Vec<(Kind, SocketAddr, TcpListener)>,
 }
@@ -144,6 +164,48 @@ impl Core {
     /// Builds `config` and swaps it in, or leaves everything as it was and says why.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), StartupError> {
         let mut state = self.state.lock().await;
+        self.apply_locked(&mut state, config).await
+    }
+
+    /// Reads the running config's file again and applies it: the whole of it under the
+    /// lock (two reloads at once apply the file in the order they read it, and report in
+    /// that order), on a task of its own (a caller that goes away cannot cut it off
+    /// halfway). A failure is recorded in the status and the running config stays.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut state = core.state.lock().await;
+            if core.shutdown.is_cancelled() {
+                return Err(ReloadError::Draining);
+            }
+            let Some(file) = state.as_ref().map(|s| s.config.file.clone()) else {
+                return Err(ReloadError::NotStarted);
+            };
+            let result = match Config::load(&file) {
+                Ok(config) => core
+                    .apply_locked(&mut state, config)
+                    .await
+                    .map_err(ReloadError::Apply),
+                Err(e) => Err(ReloadError::Config(e)),
+            };
+            if let Err(e) = &result {
+                let mut status = (*core.status()).clone();
+                if let Some(s) = status.as_mut() {
+                    s.failed = Some((SystemTime::now(), e.to_string()));
+                }
+                core.status.store(Arc::new(status));
+            }
+            result
+        })
+        .await
+        .unwrap_or(Err(ReloadError::Draining))
+    }
+
+    async fn apply_locked(
+        self: &Arc<Self>,
+        state: &mut Option<State>,
+        config: Config,
+    ) -> Result<(), StartupError> {
         let prepared = self.prepare(Arc::new(config), state.as_ref()).await?;
         let next = self.commit(prepared, state.take()).await;
         let generation = self.status().as_ref().as_ref().map_or(0, |s| s.generation) + 1;
@@ -161,15 +223,6 @@ impl Core {
         })));
         *state = Some(next);
         Ok(())
-    }
-
-    /// Records a reload that failed (the running config stays).
-    pub fn failed(&self, error: String) {
-        let mut status = (*self.status()).clone();
-        if let Some(s) = status.as_mut() {
-            s.failed = Some((SystemTime::now(), error));
-        }
-        self.status.store(Arc::new(status));
     }
 
     async fn prepare(
@@ -262,8 +315,13 @@ impl Core {
                 names: s.names.clone(),
             })
             .collect();
-        let manager = match (storage, acme_sites.is_empty()) {
-            (Some(storage), false) => Some((
+        let same = prev.and_then(|p| p.acme.as_ref()).filter(|a| {
+            a.sites == acme_sites && a.settings == config.acme && a.certs_dir == config.certs_dir
+        });
+        let acme = match (same, storage) {
+            _ if acme_sites.is_empty() => AcmePlan::None,
+            (Some(a), _) => AcmePlan::Keep(a.clone()),
+            (None, Some(storage)) => AcmePlan::Start(
                 AcmeManager::new(
                     config.acme.clone(),
                     storage,
@@ -272,8 +330,8 @@ impl Core {
                     self.provider.clone(),
                 )?,
                 acme_sites,
-            )),
-            _ => None,
+            ),
+            (None, None) => AcmePlan::None,
         };
 
         // The request path.
@@ -296,7 +354,7 @@ impl Core {
         )?;
         let tls = match (
             bound(Kind::Https),
-            prev_live.as_ref().and_then(|l| l.tls.clone()),
+            prev_live.as_ref().and_then(|l| l.conn.tls.clone()),
         ) {
             (None, _) => None,
             // the same TLS config keeps session tickets and resumption across reloads
@@ -308,17 +366,14 @@ impl Core {
         };
         let live = Live {
             proxy,
-            builder: super::http_builder(&config),
-            tls,
-            handshake_timeout: config.timeouts.tls_handshake,
-            watch: WatchLimits::new(&config),
+            conn: ConnSettings::new(&config, tls),
         };
         Ok(Prepared {
             config,
             site_certs,
             local_ca,
             live,
-            manager,
+            acme,
             kept,
             fresh,
         })
@@ -327,6 +382,28 @@ impl Core {
     /// Puts `next` in the place of `prev`; nothing here fails.
     async fn commit(self: &Arc<Self>, next: Prepared, prev: Option<State>) -> State {
         let config = next.config;
+        // A kept ACME manager installs into the new set from now on; what it installed into
+        // the old one meanwhile is carried over again.
+        if let AcmePlan::Keep(a) = &next.acme {
+            a.manager.retarget(next.site_certs.clone());
+            if let Some(p) = &prev {
+                next.site_certs.carry_over(&p.site_certs);
+            }
+        }
+        // Listeners no longer wanted close before the swap (a removed https listener must
+        // not take a connection the new config would serve without TLS).
+        if let Some(p) = &prev {
+            for l in &p.listeners {
+                if !next
+                    .kept
+                    .iter()
+                    .any(|k| k.kind == l.kind && k.wanted == l.wanted)
+                {
+                    tracing::info!(addr = %l.bound, "listener closed");
+                    l.stop.cancel();
+                }
+            }
+        }
         next.site_certs.activate();
         self.certs.store(Some(next.site_certs.clone()));
         self.config.store(Some(config.clone()));
@@ -358,12 +435,32 @@ impl Core {
             p.background.cancel();
         }
         let background = self.shutdown.child_token();
-        if let Some((manager, sites)) = next.manager {
-            manager.count_failures_in(self.shared.metrics.cert_failures.clone());
-            manager
-                .start(sites, background.clone(), &self.acme_tasks)
-                .await;
-        }
+        let old_acme = prev.as_ref().and_then(|p| p.acme.clone());
+        let acme = match next.acme {
+            AcmePlan::Keep(a) => Some(a),
+            plan => {
+                if let Some(old) = old_acme {
+                    old.stop.cancel();
+                }
+                match plan {
+                    AcmePlan::Start(manager, sites) => {
+                        let stop = self.shutdown.child_token();
+                        manager.count_failures_in(self.shared.metrics.cert_failures.clone());
+                        manager
+                            .start(sites.clone(), stop.clone(), &self.acme_tasks)
+                            .await;
+                        Some(RunningAcme {
+                            manager,
+                            sites,
+                            settings: config.acme.clone(),
+                            certs_dir: config.certs_dir.clone(),
+                            stop,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
         let local_ca = next
             .local_ca
             .as_ref()
@@ -378,19 +475,7 @@ impl Core {
             ));
         }
 
-        // Listeners: close those no longer wanted, open the new ones.
-        if let Some(p) = &prev {
-            for l in &p.listeners {
-                if !next
-                    .kept
-                    .iter()
-                    .any(|k| k.kind == l.kind && k.wanted == l.wanted)
-                {
-                    tracing::info!(addr = %l.bound, "listener closed");
-                    l.stop.cancel();
-                }
-            }
-        }
+        // Listeners: open the new ones (those no longer wanted closed first, above).
         let mut listeners = next.kept;
         for (kind, wanted, listener) in next.fresh {
             let bound = listener.local_addr().unwrap_or(wanted);
@@ -426,6 +511,7 @@ impl Core {
             config,
             site_certs: next.site_certs,
             background,
+            acme,
             listeners,
             local_ca,
         }

@@ -168,15 +168,20 @@ async fn shipped_config_serves_the_demo() {
     assert!(log.contains("\"GET localhost /\" 200"), "{log}");
 }
 
-/// Started as root with `server.user`, usher binds, then runs as that user (and keeps
-/// serving). Not started as root, the key is ignored with a note.
+/// Started as root with `server.user`, usher binds, hands the certificates it wrote as
+/// root to that user, then runs as that user: it keeps serving, and reloads (which read the
+/// local CA again). Not started as root, the key is ignored with a note.
 #[tokio::test]
 async fn started_as_root_it_drops_to_the_configured_user() {
     let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let file = dir.path().join("proxy.toml");
     std::fs::write(
         &file,
-        "[server]\nhttp = \"127.0.0.1:0\"\naccess_log = \"off\"\nuser = \"nobody\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
+        "[server]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\ncerts_dir = \"certs\"\naccess_log = \"off\"\nuser = \"nobody\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"internal\"\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
     )
     .unwrap();
     let (mut usher, at) = Running::start(&file, dir.path());
@@ -201,9 +206,73 @@ async fn started_as_root_it_drops_to_the_configured_user() {
                 .all(|u| u == nobody.to_string()),
             "{uid_line}"
         );
+        let key = dir.path().join("certs/local-ca/root.key");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(key).unwrap()),
+            nobody
+        );
+        usher.signal("HUP");
+        usher.wait_for_line("reloaded").expect("a reload as nobody");
     } else {
         usher.wait_for_line("ignored: not started as root").unwrap();
     }
+    let mut c = Client::plain(at.http.unwrap(), Proto::H1).await;
+    assert_eq!(c.get("a.test", "/").await.status, 308);
+    drop(c);
+    usher.signal("TERM");
+    assert!(usher.wait_exit(crate::support::STEP).unwrap().success());
+}
+
+/// A non-root user with CAP_NET_BIND_SERVICE (as the systemd unit grants it) binds port
+/// 80; without the capability, startup fails naming the address. Needs root to set the
+/// scene (setpriv); skipped otherwise.
+#[tokio::test]
+async fn cap_net_bind_service_lets_a_non_root_user_bind_port_80() {
+    use crate::support::process::{run_as, runnable_by_others, running_as_root};
+    if !running_as_root() || !runnable_by_others() {
+        eprintln!("skipped: needs root to start usher as another user with a capability");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // an address of the loopback range nothing else uses
+    let file = write(
+        dir.path(),
+        "[server]\nhttp = \"127.77.0.80:80\"\naccess_log = \"off\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
+    );
+    let (status, _, err) = run_as(&["run", "--config", &file], dir.path(), Some(65534));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen on 127.77.0.80:80") && err.contains("Permission denied"),
+        "{err}"
+    );
+    let (mut usher, at) = Running::start_wrapped(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+            "--",
+        ],
+        Path::new(&file),
+        dir.path(),
+    );
+    assert_eq!(at.http.map(|a| a.port()), Some(80));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid}"
+    );
     let mut c = Client::plain(at.http.unwrap(), Proto::H1).await;
     assert_eq!(c.get("a.test", "/").await.status, 308);
     drop(c);

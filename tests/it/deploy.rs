@@ -63,6 +63,7 @@ async fn the_image_config_serves_unprivileged() {
         "USER 65532:65532",
         "EXPOSE 80 443",
         "cargo build --release --locked",
+        "COPY --from=build --chown=65532:65532 /out/certs /var/lib/usher/certs",
     ] {
         assert!(dockerfile.contains(line), "Dockerfile lacks {line:?}");
     }
@@ -180,6 +181,15 @@ fn kubernetes_manifests_parse_and_agree() {
     let svc = kind("Service");
     let pdb = kind("PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"].as_i64(), Some(1));
+    // the admin port open to Prometheus only
+    let policy = kind("NetworkPolicy");
+    let admin_rule = policy["spec"]["ingress"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|r| r["ports"][0]["port"].as_i64() == Some(9901))
+        .expect("a rule for the admin port");
+    assert!(!admin_rule["from"][0]["podSelector"].is_badvalue());
 
     // the config, with its certificate files made here
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +201,7 @@ fn kubernetes_manifests_parse_and_agree() {
     let text = cm["data"]["proxy.toml"]
         .as_str()
         .unwrap()
-        .replace("/etc/usher/tls", &dir.path().display().to_string());
+        .replace("/etc/usher-tls", &dir.path().display().to_string());
     let config = check(dir.path(), &text);
     let admin = config.admin.expect("an admin listener for the probes");
 
@@ -237,6 +247,8 @@ fn kubernetes_manifests_parse_and_agree() {
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
     assert!(mounts.contains(&config.certs_dir.to_str().unwrap()));
+    // the config's folder, so ConfigMap edits reach it
+    assert!(mounts.contains(&"/etc/usher"));
     assert!(mounts.contains(&config.buffering.temp_dir.to_str().unwrap()));
     // the admin port stays inside the pod network
     let svc_ports: Vec<&str> = svc["spec"]["ports"]

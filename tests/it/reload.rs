@@ -294,8 +294,9 @@ async fn sighup_reloads_the_binary() {
 
 /// Steady load from four keep-alive clients while the config is reloaded again and again
 /// (a route added and removed, the loaded route unchanged): no request fails, an open
-/// WebSocket tunnel echoes after every reload, and /metrics counts exactly the requests
-/// the clients got answers to. `USHER_RELOAD_SECS=30` (benches/reload_under_load.sh) runs
+/// WebSocket tunnel echoes after every reload, /metrics scraped during the load is valid
+/// OpenMetrics text, and afterwards it counts exactly the requests the clients got
+/// answers to. `USHER_RELOAD_SECS=30` (benches/reload_under_load.sh) runs
 /// the issue's measurement: a reload every second for 30 s; the default is a 2 s run with a
 /// reload every 100 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +351,7 @@ async fn reloads_under_load_fail_no_request() {
             }
         }));
     }
+    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
     let rounds = (secs * 1000 / every.as_millis() as u64) as usize;
     for i in 1..=rounds {
         tokio::time::sleep(every).await; // the pace of the reloads, not a wait for anything
@@ -363,6 +365,11 @@ async fn reloads_under_load_fail_no_request() {
         let mut back = vec![0u8; msg.len()];
         bounded("echo", tunnel.read_exact(&mut back)).await.unwrap();
         assert_eq!(back, msg.as_bytes());
+        // scraped during the load: valid OpenMetrics text every time
+        let text = admin.get("admin", "/metrics").await.text();
+        if let Err(e) = openmetrics_parser::openmetrics::parse_openmetrics(&text) {
+            panic!("invalid metrics after reload {i}: {e:?}");
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for l in load {
@@ -377,7 +384,6 @@ async fn reloads_under_load_fail_no_request() {
     assert_eq!(failed, 0);
     assert!(ok > 0);
     // the metrics agree with the clients (each request counts as its response completes)
-    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
     let series = r#"usher_requests_total{site="app.test",route="/",status="2xx",proto="http1.1"} "#;
     let mut counted = None;
     for _ in 0..100 {

@@ -104,6 +104,18 @@ impl Running {
             std::os::unix::process::CommandExt::uid(&mut cmd, uid);
             std::os::unix::process::CommandExt::gid(&mut cmd, uid);
         }
+        Running::spawn(cmd, config, cwd)
+    }
+
+    /// `start` through `wrapper` (a program and its arguments, the usher command after
+    /// them): `setpriv ...`, say.
+    pub fn start_wrapped(wrapper: &[&str], config: &Path, cwd: &Path) -> (Running, Listening) {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(usher_bin());
+        Running::spawn(cmd, config, cwd)
+    }
+
+    fn spawn(mut cmd: Command, config: &Path, cwd: &Path) -> (Running, Listening) {
         let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
