@@ -72,85 +72,88 @@ impl Collector for Scrape {
         // pools and members
         let pools = live.proxy.routes().pools();
         let snaps: Vec<_> = pools.iter().map(|p| (p.name(), p.snapshot())).collect();
-        let mut healthy = e.encode_descriptor(
-            "upstream_member_up",
-            "1 when a member takes requests (passing health checks, not ejected)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (pool, s) in &snaps {
-            for m in &s.members {
-                let labels = [("pool", *pool), ("member", &*m.addr)];
-                healthy
-                    .encode_family(&labels)?
-                    .encode_gauge(&i64::from(m.healthy && !m.ejected))?;
-            }
-        }
-        let mut in_flight = e.encode_descriptor(
-            "upstream_member_in_flight",
-            "Requests sent to a member and not finished",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (pool, s) in &snaps {
-            for m in &s.members {
-                let labels = [("pool", *pool), ("member", &*m.addr)];
-                in_flight
-                    .encode_family(&labels)?
-                    .encode_gauge(&(m.in_flight as i64))?;
-            }
-        }
-        let per_pool = |e: &mut DescriptorEncoder,
-                        name: &str,
-                        help: &str,
-                        kind: MetricType,
-                        f: &dyn Fn(&crate::upstream::PoolSnapshot) -> u64|
-         -> Result<(), std::fmt::Error> {
-            let mut d = e.encode_descriptor(name, help, None, kind)?;
+        // (families only with series: some parsers refuse an empty one)
+        if !pools.is_empty() {
+            let mut healthy = e.encode_descriptor(
+                "upstream_member_up",
+                "1 when a member takes requests (passing health checks, not ejected)",
+                None,
+                MetricType::Gauge,
+            )?;
             for (pool, s) in &snaps {
-                let labels = [("pool", *pool)];
-                let mut m = d.encode_family(&labels)?;
-                match kind {
-                    MetricType::Counter => m
-                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
-                            &f(s),
-                            None,
-                        )?,
-                    _ => m.encode_gauge(&(f(s) as i64))?,
+                for m in &s.members {
+                    let labels = [("pool", *pool), ("member", &*m.addr)];
+                    healthy
+                        .encode_family(&labels)?
+                        .encode_gauge(&i64::from(m.healthy && !m.ejected))?;
                 }
             }
-            Ok(())
-        };
-        per_pool(
-            &mut e,
-            "upstream_queue_depth",
-            "Requests waiting for a free slot of a pool with max_conns",
-            MetricType::Gauge,
-            &|s| s.queued as u64,
-        )?;
-        per_pool(
-            &mut e,
-            "upstream_retries",
-            "Requests sent again, to another member or on a new connection",
-            MetricType::Counter,
-            &|s| s.retried,
-        )?;
-        per_pool(
-            &mut e,
-            "upstream_ejections",
-            "Members ejected after consecutive failures",
-            MetricType::Counter,
-            &|s| s.ejections,
-        )?;
-        let mut latency = e.encode_descriptor(
-            "upstream_response_seconds",
-            "Time from sending a request upstream to its response head",
-            None,
-            MetricType::Histogram,
-        )?;
-        for p in pools {
-            p.latency()
-                .encode(latency.encode_family(&[("pool", p.name())])?)?;
+            let mut in_flight = e.encode_descriptor(
+                "upstream_member_in_flight",
+                "Requests sent to a member and not finished",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (pool, s) in &snaps {
+                for m in &s.members {
+                    let labels = [("pool", *pool), ("member", &*m.addr)];
+                    in_flight
+                        .encode_family(&labels)?
+                        .encode_gauge(&(m.in_flight as i64))?;
+                }
+            }
+            let per_pool = |e: &mut DescriptorEncoder,
+                            name: &str,
+                            help: &str,
+                            kind: MetricType,
+                            f: &dyn Fn(&crate::upstream::PoolSnapshot) -> u64|
+             -> Result<(), std::fmt::Error> {
+                let mut d = e.encode_descriptor(name, help, None, kind)?;
+                for (pool, s) in &snaps {
+                    let labels = [("pool", *pool)];
+                    let mut m = d.encode_family(&labels)?;
+                    match kind {
+                        MetricType::Counter => m
+                            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                                &f(s),
+                                None,
+                            )?,
+                        _ => m.encode_gauge(&(f(s) as i64))?,
+                    }
+                }
+                Ok(())
+            };
+            per_pool(
+                &mut e,
+                "upstream_queue_depth",
+                "Requests waiting for a free slot of a pool with max_conns",
+                MetricType::Gauge,
+                &|s| s.queued as u64,
+            )?;
+            per_pool(
+                &mut e,
+                "upstream_retries",
+                "Requests sent again, to another member or on a new connection",
+                MetricType::Counter,
+                &|s| s.retried,
+            )?;
+            per_pool(
+                &mut e,
+                "upstream_ejections",
+                "Members ejected after consecutive failures",
+                MetricType::Counter,
+                &|s| s.ejections,
+            )?;
+            let mut latency = e.encode_descriptor(
+                "upstream_response_seconds",
+                "Time from sending a request upstream to its response head",
+                None,
+                MetricType::Histogram,
+            )?;
+            for p in pools {
+                p.latency()
+                    .encode(latency.encode_family(&[("pool", p.name())])?)?;
+            }
         }
 
         // buffers
@@ -210,14 +213,19 @@ impl Collector for Scrape {
         }
 
         // certificates
-        if let Some(certs) = core.certs.load_full() {
+        let expiries = core
+            .certs
+            .load_full()
+            .map(|c| c.expiries())
+            .unwrap_or_default();
+        if expiries.iter().any(|(_, at)| at.is_some()) {
             let mut expiry = e.encode_descriptor(
                 "certificate_expiry_timestamp_seconds",
                 "When each TLS site's certificate expires (Unix time)",
                 None,
                 MetricType::Gauge,
             )?;
-            for (site, at) in certs.expiries() {
+            for (site, at) in expiries {
                 if let Some(at) = at {
                     expiry
                         .encode_family(&[("site", site.as_str())])?

@@ -196,3 +196,17 @@ async fn upstreams_and_certs_report_state() {
         assert_eq!(public.get("app.test", path).await.status, 308, "{path}");
     }
 }
+
+/// With no pool, no cache, no certificate and no request yet, /metrics is still valid
+/// OpenMetrics text (no family without series).
+#[tokio::test]
+async fn metrics_of_an_idle_server_without_pools_are_valid() {
+    let usher = TestServer::start(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
+    )
+    .await;
+    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
+    let text = scrape(&mut admin).await;
+    assert_eq!(sample(&text, "usher_config_generation", ""), Some(1.0));
+    assert!(!text.contains("usher_upstream"), "{text}");
+}
