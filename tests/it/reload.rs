@@ -399,3 +399,33 @@ async fn reloads_under_load_fail_no_request() {
     }
     assert_eq!(counted, Some(ok as f64), "metrics vs client count");
 }
+
+/// The cache is kept by a reload: an entry stored before it is a hit after it, without the
+/// app.
+#[tokio::test]
+async fn cache_contents_survive_a_reload() {
+    let (app, other) = (Upstream::start("app").await, Upstream::start("other").await);
+    let config = |extra: &str| {
+        format!(
+            "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\ncache = {{}}\n{extra}",
+            app.addr
+        )
+    };
+    let usher = TestServer::start(&config("")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/cache/max-age=600/kept").await;
+    assert!(first.header("cache-status").contains("stored"));
+    usher.write_config(&config(&format!(
+        "[[site.route]]\npath = \"/other/\"\nproxy = [\"{}\"]\n",
+        other.addr
+    )));
+    usher.reload().await.expect("reload");
+    let again = c.get("app.test", "/cache/max-age=600/kept").await;
+    assert!(
+        again.header("cache-status").contains("hit"),
+        "{:?}",
+        again.headers
+    );
+    assert_eq!(again.text(), first.text());
+    assert_eq!(app.seen().len(), 1);
+}
