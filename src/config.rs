@@ -421,6 +421,9 @@ pub struct StaticRoute {
     pub index: String,
     /// Served (with 200) when a path is not found: for single-page apps.
     pub fallback: Option<String>,
+    /// How long a small file kept in memory is served before its path is resolved and
+    /// the file looked at again (zero: at every request).
+    pub file_cache_valid: Duration,
 }
 
 /// An upstream member's address.

@@ -5,7 +5,9 @@
 //! a 500. Here a request path is decoded once, refused if it holds NUL, an encoded separator, a
 //! backslash or a dot segment, then resolved with `canonicalize` and required to stay under the
 //! canonical root. The same check applies to the index file, the fallback file and any
-//! precompressed sibling.
+//! precompressed sibling. Small files are answered from memory ([`hot`]).
+
+mod hot;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ pub struct StaticFiles {
     root: PathBuf,
     index: String,
     fallback: Option<String>,
+    hot: hot::HotFiles,
 }
 
 /// Outcome of resolving a request path.
@@ -41,6 +44,7 @@ impl StaticFiles {
             root: std::fs::canonicalize(&route.root)?,
             index: route.index.clone(),
             fallback: route.fallback.clone(),
+            hot: hot::HotFiles::new(route.file_cache_valid),
         })
     }
 
@@ -52,18 +56,42 @@ impl StaticFiles {
         // A folder asked for without its trailing slash is redirected, so its relative links
         // work; judged on the request path, since a stripped route's root has an empty `rel`.
         let slashed = req.uri().path().ends_with('/');
-        let file = match self.resolve(rel, slashed).await {
-            Ok(Resolved::File(f)) => f,
+        let from_memory = hot::answerable(&req);
+        if from_memory {
+            if let Some((entry, due)) = self.hot.get(req.uri().path()) {
+                if !due {
+                    return Ok(entry.respond(&req));
+                }
+                // look again: the path may lead elsewhere now, or the file have changed
+                if let Ok(Resolved::File(f)) = self.resolve(rel, slashed).await {
+                    let same = std::fs::metadata(&f)
+                        .is_ok_and(|m| hot::Identity::of(&m) == entry.identity);
+                    if f == entry.path && same {
+                        self.hot.checked(&entry);
+                        return Ok(entry.respond(&req));
+                    }
+                }
+                self.hot.forget(req.uri().path());
+            }
+        }
+        let (file, fell_back) = match self.resolve(rel, slashed).await {
+            Ok(Resolved::File(f)) => (f, false),
             Ok(Resolved::AddSlash) => return Ok(add_slash(&req)),
             Err(ProxyError::NotFound) => match &self.fallback {
                 Some(fb) => match self.resolve(fb, true).await? {
-                    Resolved::File(f) => f,
+                    Resolved::File(f) => (f, true),
                     Resolved::AddSlash => return Err(ProxyError::NotFound),
                 },
                 None => return Err(ProxyError::NotFound),
             },
             Err(e) => return Err(e),
         };
+        // (a fallback answer is not kept: any unknown path would take an entry)
+        if from_memory && !fell_back {
+            if let Some(entry) = self.load_hot(req.uri().path(), &file).await {
+                return Ok(entry.respond(&req));
+            }
+        }
         let accepts = |enc: &str| {
             req.headers()
                 .get_all(header::ACCEPT_ENCODING)
@@ -146,6 +174,19 @@ impl StaticFiles {
                 _ => Err(ProxyError::Static(e)),
             },
         }
+    }
+
+    /// Keeps `file` in memory for `key` if it is small and has no precompressed sibling
+    /// (those are chosen per request by the full path).
+    async fn load_hot(&self, key: &str, file: &Path) -> Option<std::sync::Arc<hot::Hot>> {
+        let meta = std::fs::metadata(file).ok()?;
+        if !meta.is_file() || meta.len() > hot::MAX_FILE {
+            return None;
+        }
+        if self.sibling_ok(file, "br").await || self.sibling_ok(file, "gz").await {
+            return None;
+        }
+        self.hot.load(key, file.to_owned(), &meta)
     }
 
     /// A precompressed sibling is used only if it exists and stays under the root too.

@@ -64,6 +64,27 @@ impl Checker<'_> {
         })
     }
 
+    /// `duration`, where zero ("0s") is allowed too.
+    fn duration_or_zero(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            Some(t)
+                if t.get_ref().starts_with('0')
+                    && t.get_ref()
+                        .trim_start_matches('0')
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic()) =>
+            {
+                Duration::ZERO
+            }
+            _ => self.duration(v, key, default),
+        }
+    }
+
     fn listener(
         &mut self,
         v: &Option<Spanned<String>>,
@@ -666,6 +687,13 @@ impl Checker<'_> {
         self.only_for(key, "index", &r.index, r.static_root.is_some(), "static");
         self.only_for(
             key,
+            "file_cache_valid",
+            &r.file_cache_valid,
+            r.static_root.is_some(),
+            "static",
+        );
+        self.only_for(
+            key,
             "fallback",
             &r.fallback,
             r.static_root.is_some(),
@@ -710,10 +738,16 @@ impl Checker<'_> {
                     }
                 }
             }
+            let file_cache_valid = self.duration_or_zero(
+                &r.file_cache_valid,
+                &format!("{key}.file_cache_valid"),
+                Duration::from_secs(1),
+            );
             Action::Static(StaticRoute {
                 root: dir,
                 index,
                 fallback,
+                file_cache_valid,
             })
         } else if let Some(proxy) = &r.proxy {
             Action::Proxy(self.proxy_target(key, proxy))

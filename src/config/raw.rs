@@ -166,6 +166,7 @@ pub struct RawRoute {
     pub static_root: S<String>,
     pub index: S<String>,
     pub fallback: S<String>,
+    pub file_cache_valid: S<String>,
     pub proxy: S<RawProxy>,
     pub redirect: S<String>,
     pub status: S<i64>,

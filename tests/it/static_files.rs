@@ -240,3 +240,102 @@ async fn a_stripped_routes_root_without_slash_redirects_and_long_names_are_404()
     let long = format!("/{}", "a".repeat(300));
     assert_eq!(c.get("s.test", &long).await.status, 404);
 }
+
+/// A static site for the memory tests: `file_cache_valid` as given, and `page.txt` a symlink
+/// to one of two versions (as deploy tools switch them).
+async fn start_hot(valid: &str) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("v1.txt"), "version one").unwrap();
+    std::fs::write(www.join("v2.txt"), "version two").unwrap();
+    std::fs::write(www.join("a.txt"), "first").unwrap();
+    std::os::unix::fs::symlink("v1.txt", www.join("page.txt")).unwrap();
+    let config = format!(
+        "{}\n[[site]]\nnames = [\"s.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nstatic = \"www\"\nfile_cache_valid = \"{valid}\"\n",
+        crate::support::server::SERVER_SECTION
+    );
+    let usher = TestServer::start_in(dir.path(), &config).await;
+    (dir, usher)
+}
+
+/// Served from memory, a small file still answers exactly as from disk: type, length,
+/// validators, 304 for If-None-Match and If-Modified-Since, HEAD without a body; a Range
+/// request takes the full path.
+#[tokio::test]
+async fn a_hot_file_answers_as_from_disk() {
+    let (_dir, usher) = start_hot("1h").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("s.test", "/a.txt").await;
+    let second = c.get("s.test", "/a.txt").await;
+    for r in [&first, &second] {
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "first"));
+        assert_eq!(r.header("content-type"), "text/plain");
+        assert_eq!(r.header("content-length"), "5");
+        assert_eq!(r.header("accept-ranges"), "bytes");
+    }
+    assert_eq!(first.header("etag"), second.header("etag"));
+    assert_eq!(
+        first.header("last-modified"),
+        second.header("last-modified")
+    );
+    let etag = second.header("etag").to_owned();
+    let r = c.send(get("/a.txt", &[("if-none-match", &etag)])).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (304, 0));
+    assert_eq!(r.header("etag"), etag);
+    let lm = second.header("last-modified").to_owned();
+    let r = c.send(get("/a.txt", &[("if-modified-since", &lm)])).await;
+    assert_eq!(r.status, 304);
+    // If-None-Match decides when both are sent
+    let r = c
+        .send(get(
+            "/a.txt",
+            &[("if-none-match", "\"other\""), ("if-modified-since", &lm)],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    let head = c
+        .send(
+            Request::head("/a.txt")
+                .header("host", "s.test")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0));
+    assert_eq!(head.header("content-length"), "5");
+    let r = c.send(get("/a.txt", &[("range", "bytes=1-2")])).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (206, "ir"));
+}
+
+/// Within `file_cache_valid` a hot file is answered from memory without looking at the
+/// disk: even once it is gone (as nginx's open_file_cache does).
+#[tokio::test]
+async fn within_its_validity_a_hot_file_comes_from_memory() {
+    let (dir, usher) = start_hot("1h").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("s.test", "/a.txt").await.text(), "first");
+    std::fs::remove_file(dir.path().join("www/a.txt")).unwrap();
+    let r = c.get("s.test", "/a.txt").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "first"));
+}
+
+/// With `file_cache_valid = "0s"` every request looks again: an edited file, a deleted one
+/// and a switched symlink are all seen at once.
+#[tokio::test]
+async fn hot_files_follow_edits_deletions_and_symlink_switches() {
+    let (dir, usher) = start_hot("0s").await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("s.test", "/page.txt").await.text(), "version one");
+    assert_eq!(c.get("s.test", "/a.txt").await.text(), "first");
+    // edited in place (another size)
+    std::fs::write(dir.path().join("www/a.txt"), "edited!").unwrap();
+    assert_eq!(c.get("s.test", "/a.txt").await.text(), "edited!");
+    // deleted
+    std::fs::remove_file(dir.path().join("www/a.txt")).unwrap();
+    assert_eq!(c.get("s.test", "/a.txt").await.status, 404);
+    // the symlink switched atomically (renamed over)
+    std::os::unix::fs::symlink("v2.txt", dir.path().join("www/next")).unwrap();
+    std::fs::rename(dir.path().join("www/next"), dir.path().join("www/page.txt")).unwrap();
+    assert_eq!(c.get("s.test", "/page.txt").await.text(), "version two");
+}
