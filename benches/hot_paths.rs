@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the per-request pure code: routing lookup, header rewriting, and the
-//! static path check on hostile inputs. Run: `cargo bench --bench hot_paths`.
+//! Micro-benchmarks of the per-request code: routing lookup, header rewriting, the balancer's
+//! pick, the cache key and a cache hit, and the static path check on hostile inputs. Run:
+//! `cargo bench --bench hot_paths`.
 //! Side-by-side load figures against nginx come from `benches/compare.sh`.
 
 use std::hint::black_box;
@@ -101,5 +102,78 @@ fn static_paths(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, headers, static_paths);
+fn balance(c: &mut Criterion) {
+    use usher::config::Balance;
+    use usher::upstream::balance::{Balancer, Key, Load};
+    let labels: Vec<String> = (0..8).map(|i| format!("10.0.0.{i}:8000")).collect();
+    let weights = vec![1u32; 8];
+    let loads: Vec<Load> = (0..8).map(|_| Load::default()).collect();
+    let refs: Vec<&Load> = loads.iter().collect();
+    let headers = browser_headers();
+    let key = Key {
+        client: "192.0.2.1".parse().unwrap(),
+        headers: &headers,
+    };
+    for (name, policy) in [
+        ("balance pick, round_robin, 8 members", Balance::RoundRobin),
+        ("balance pick, least_requests, 8 members", Balance::LeastRequests),
+        ("balance pick, peak_ewma, 8 members", Balance::PeakEwma),
+        ("balance pick, ip_hash, 8 members", Balance::IpHash),
+    ] {
+        let b8 = Balancer::new(&policy, &weights, &labels);
+        c.bench_function(name, |b| {
+            b.iter(|| b8.pick(&weights, &refs[..], black_box(&key), &|i| i != 3))
+        });
+    }
+}
+
+fn cache(c: &mut Criterion) {
+    use usher::cache::{Cache, Lookup};
+    use usher::config::{CacheSettings, RouteCache};
+    let settings = CacheSettings {
+        memory: 64 << 20,
+        max_entry: 1 << 20,
+        disk: None,
+    };
+    let route = RouteCache::default();
+    let request = |path: &str| {
+        let mut r = http::Request::get(path).body(()).unwrap();
+        *r.headers_mut() = browser_headers();
+        r.into_parts().0
+    };
+    let parts = request("/products/42?color=red");
+    c.bench_function("cache key", |b| {
+        b.iter(|| Cache::key(&route, true, "site7.example.com", black_box(&parts)))
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = Cache::new(&settings).unwrap();
+    let key = Cache::key(&route, true, "site7.example.com", &parts);
+    // store one fresh entry through the real path: a miss, then the app's response
+    let Lookup::Miss(pending) = rt.block_on(cache.lookup(key.clone(), &parts, &route)) else {
+        panic!("a miss first")
+    };
+    let head = http::Response::builder()
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "text/plain")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let usher::cache::After::Store(policy) = cache.after(&pending, &head) else {
+        panic!("storable")
+    };
+    cache.store(&pending, *policy, &head, bytes::Bytes::from_static(&[b'x'; 100]));
+    drop(pending);
+    c.bench_function("cache lookup, fresh hit of 100 bytes", |b| {
+        b.iter(|| {
+            let hit = rt.block_on(cache.lookup(key.clone(), black_box(&parts), &route));
+            matches!(hit, Lookup::Hit(_))
+        })
+    });
+}
+
+criterion_group!(benches, routing, headers, balance, cache, static_paths);
 criterion_main!(benches);

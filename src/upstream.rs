@@ -23,7 +23,7 @@ use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamP
 use crate::error::ProxyError;
 use crate::metrics::Histo;
 
-mod balance;
+pub mod balance;
 
 use balance::{Balancer, Key, Load, Loads};
 
