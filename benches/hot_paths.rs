@@ -116,7 +116,10 @@ fn balance(c: &mut Criterion) {
     };
     for (name, policy) in [
         ("balance pick, round_robin, 8 members", Balance::RoundRobin),
-        ("balance pick, least_requests, 8 members", Balance::LeastRequests),
+        (
+            "balance pick, least_requests, 8 members",
+            Balance::LeastRequests,
+        ),
         ("balance pick, peak_ewma, 8 members", Balance::PeakEwma),
         ("balance pick, ip_hash, 8 members", Balance::IpHash),
     ] {
@@ -165,7 +168,12 @@ fn cache(c: &mut Criterion) {
     let usher::cache::After::Store(policy) = cache.after(&pending, &head) else {
         panic!("storable")
     };
-    cache.store(&pending, *policy, &head, bytes::Bytes::from_static(&[b'x'; 100]));
+    cache.store(
+        &pending,
+        *policy,
+        &head,
+        bytes::Bytes::from_static(&[b'x'; 100]),
+    );
     drop(pending);
     c.bench_function("cache lookup, fresh hit of 100 bytes", |b| {
         b.iter(|| {

@@ -42,6 +42,17 @@ pub struct Entry {
     headers: HeaderMap,
     body: Bytes,
     stored: SystemTime,
+    /// For an entry whose freshness is its lifetime alone (see [`Cache::fresh_hit`]).
+    simple: Option<Simple>,
+}
+
+/// An entry without Vary, `no-cache` or `must-revalidate`: fresh until `fresh_until` for any
+/// request that brings no directives of its own.
+#[derive(Debug, Clone, Copy)]
+struct Simple {
+    fresh_until: SystemTime,
+    /// Its age when stored (the app's Age header, and time in transit).
+    age_at_store: Duration,
 }
 
 /// The cache shared by every caching route.
@@ -226,6 +237,34 @@ impl Cache {
 
     fn count(&self, what: usize) {
         self.counts[what].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers from memory a fresh entry whose freshness is its lifetime alone (no Vary, no
+    /// revalidation directive) for a request that brings no directives of its own (no
+    /// Cache-Control, Pragma or Authorization): the result the full rules give, without
+    /// evaluating them. `None` sends the request the full way.
+    pub fn fresh_hit(
+        &self,
+        key: &str,
+        parts: &http::request::Parts,
+    ) -> Option<http::Response<Bytes>> {
+        if parts.headers.contains_key(header::CACHE_CONTROL)
+            || parts.headers.contains_key(header::PRAGMA)
+            || parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            return None;
+        }
+        let e = self.store.get(key)?;
+        let simple = e.simple?;
+        let now = SystemTime::now();
+        let left = simple.fresh_until.duration_since(now).ok()?;
+        let age = simple.age_at_store + now.duration_since(e.stored).unwrap_or_default();
+        let mut headers = e.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        let mut resp = e.build(headers, parts);
+        set_status(resp.headers_mut(), &format!("hit; ttl={}", left.as_secs()));
+        self.count(HIT);
+        Some(resp)
     }
 
     /// Waits for the disk writes under way.
@@ -438,13 +477,13 @@ impl Cache {
             if let AfterResponse::NotModified(policy, parts) =
                 e.policy.after_response(&pending.request, head, now)
             {
-                let entry = Arc::new(Entry {
+                let entry = Arc::new(Entry::new(
                     policy,
-                    status: e.status,
-                    headers: parts.headers.clone(),
-                    body: e.body.clone(),
-                    stored: now,
-                });
+                    e.status,
+                    parts.headers.clone(),
+                    e.body.clone(),
+                    now,
+                ));
                 self.put(&pending.key, &entry);
                 let mut resp = entry.build(parts.headers, &pending.request);
                 set_status(resp.headers_mut(), "fwd=stale; fwd-status=304; stored");
@@ -475,13 +514,13 @@ impl Cache {
         head: &http::response::Parts,
         body: Bytes,
     ) -> http::Response<Bytes> {
-        let entry = Arc::new(Entry {
+        let entry = Arc::new(Entry::new(
             policy,
-            status: head.status,
-            headers: head.headers.clone(),
+            head.status,
+            head.headers.clone(),
             body,
-            stored: SystemTime::now(),
-        });
+            SystemTime::now(),
+        ));
         if entry.body.len() <= self.max_entry {
             self.put(&pending.key, &entry);
         }
@@ -540,6 +579,35 @@ pub enum After {
 }
 
 impl Entry {
+    fn new(
+        policy: CachePolicy,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        stored: SystemTime,
+    ) -> Entry {
+        let mut e = Entry {
+            policy,
+            status,
+            headers,
+            body,
+            stored,
+            simple: None,
+        };
+        let ttl = e.policy.time_to_live(stored);
+        let plain = !e.headers.contains_key(header::VARY)
+            && !e.directive_present("no-cache")
+            && !e.directive_present("must-revalidate")
+            && !e.directive_present("proxy-revalidate");
+        if plain && !ttl.is_zero() {
+            e.simple = Some(Simple {
+                fresh_until: stored + ttl,
+                age_at_store: e.policy.age(stored),
+            });
+        }
+        e
+    }
+
     /// `stale-if-error=N` from the stored response's Cache-Control.
     fn stale_if_error(&self) -> Duration {
         self.directive("stale-if-error=")

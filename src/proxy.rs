@@ -302,6 +302,19 @@ async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
+    // A fresh cache hit needs none of the rewriting below: answered first (only for routes
+    // without key headers, whose key would read the rewritten headers; see
+    // Cache::fresh_hit for which entries and requests qualify).
+    if let (Some(rc), Some(cache), None) = (&route.cache, &proxy.cache, &upgrade) {
+        if rc.key_headers.is_empty() && cache::applies(&parts.method) {
+            let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+            let key = Cache::key(rc, conn.tls, key_host, &parts);
+            if let Some(resp) = cache.fresh_hit(&key, &parts) {
+                return Ok(resp.map(Body::full));
+            }
+        }
+    }
     // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
     // it is passed on only to an HTTP/2 upstream, where it is the one TE value allowed.
     let te_trailers = pool.speaks_h2() && te_trailers(&parts.headers);
@@ -315,7 +328,6 @@ async fn forward(
     if let Some(h) = &host {
         parts.headers.insert(header::HOST, h.clone());
     }
-    parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
     parts.version = Version::HTTP_11;
     if let (Some(protocol), Some(client_side)) = (upgrade, client_side) {
         parts

@@ -437,13 +437,13 @@ fn read_entry(path: &Path, key: &str) -> io::Result<Entry> {
         return Err(damaged("body length does not match its header"));
     }
     let body = Bytes::copy_from_slice(body);
-    Ok(Entry {
-        policy: meta.policy,
-        status: meta.status,
-        headers: meta.headers,
+    Ok(Entry::new(
+        meta.policy,
+        meta.status,
+        meta.headers,
         body,
-        stored: meta.stored,
-    })
+        meta.stored,
+    ))
 }
 
 #[cfg(test)]
@@ -457,15 +457,15 @@ mod tests {
             .header("etag", "\"v1\"")
             .body(())
             .unwrap();
-        Entry {
-            policy: CachePolicy::new(&req.into_parts().0, &resp.into_parts().0),
-            status: StatusCode::OK,
-            headers: [(http::header::ETAG, "\"v1\"".parse().unwrap())]
+        Entry::new(
+            CachePolicy::new(&req.into_parts().0, &resp.into_parts().0),
+            StatusCode::OK,
+            [(http::header::ETAG, "\"v1\"".parse().unwrap())]
                 .into_iter()
                 .collect(),
-            body: Bytes::from_static(body),
-            stored: SystemTime::now(),
-        }
+            Bytes::from_static(body),
+            SystemTime::now(),
+        )
     }
 
     #[test]

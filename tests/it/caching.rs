@@ -360,3 +360,70 @@ async fn stale_while_revalidate_serves_then_refreshes() {
     assert!(fresh.is_some(), "the entry was not refreshed");
     assert_eq!(app.seen().len(), 2);
 }
+
+/// The quick answer for fresh entries never skips what the full rules weigh: a request's own
+/// `Cache-Control: no-cache` or `max-age=0` goes to the app, `max-stale` and Age are honoured,
+/// and an entry with Vary is matched by the rules (an Accept-Language the entry was not
+/// stored for is a miss).
+#[tokio::test]
+async fn request_directives_are_honoured_on_fresh_entries() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    c.get("app.test", "/cache/max-age=60/d").await;
+    let hit = c.get("app.test", "/cache/max-age=60/d").await;
+    assert!(
+        hit.header("cache-status").contains("hit"),
+        "{:?}",
+        hit.headers
+    );
+    assert!(hit.headers.contains_key("age"));
+    assert_eq!(app.seen().len(), 1);
+    for directive in ["no-cache", "max-age=0"] {
+        let r = c
+            .send(with_header(
+                "/cache/max-age=60/d",
+                "cache-control",
+                directive,
+            ))
+            .await;
+        assert!(
+            !r.header("cache-status").contains("hit"),
+            "{directive}: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(app.seen().len(), 3);
+    let r = c
+        .send(with_header("/cache/max-age=60/d", "pragma", "no-cache"))
+        .await;
+    assert!(
+        !r.header("cache-status").contains("; hit"),
+        "{:?}",
+        r.headers
+    );
+    // Vary: the stored variant answers only its own Accept-Language
+    c.send(with_header(
+        "/cache/max-age=60,vary/v",
+        "accept-language",
+        "de",
+    ))
+    .await;
+    let same = c
+        .send(with_header(
+            "/cache/max-age=60,vary/v",
+            "accept-language",
+            "de",
+        ))
+        .await;
+    assert!(same.header("cache-status").contains("hit"));
+    let other = c
+        .send(with_header(
+            "/cache/max-age=60,vary/v",
+            "accept-language",
+            "fr",
+        ))
+        .await;
+    assert!(!other.header("cache-status").contains("hit"));
+    assert!(other.text().ends_with("fr"), "{}", other.text());
+}
