@@ -279,3 +279,53 @@ async fn cap_net_bind_service_lets_a_non_root_user_bind_port_80() {
     usher.signal("TERM");
     assert!(usher.wait_exit(crate::support::STEP).unwrap().success());
 }
+
+/// Given one CPU (here through TOKIO_WORKER_THREADS=1, as the benchmark's pinning does),
+/// usher runs on a current-thread runtime: it proxies, reloads on SIGHUP and drains on
+/// SIGTERM there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_current_thread_runtime_proxies_reloads_and_drains() {
+    let app = crate::support::Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        &format!(
+            "[server]\nhttp = \"127.0.0.1:0\"\naccess_log = \"off\"\n[[site]]\nnames = [\"a.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+            app.addr
+        ),
+    );
+    let (mut usher, at) = tokio::task::spawn_blocking({
+        let (file, dir) = (file.clone(), dir.path().to_owned());
+        move || Running::start_wrapped(&["env", "TOKIO_WORKER_THREADS=1"], Path::new(&file), &dir)
+    })
+    .await
+    .unwrap();
+    assert!(
+        usher
+            .seen()
+            .iter()
+            .any(|l| l.contains("runtime: current-thread")),
+        "{:?}",
+        usher.seen()
+    );
+    let mut c = Client::plain(at.http.unwrap(), Proto::H1).await;
+    let r = c.get("a.test", "/x").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().starts_with("app ")),
+        (200, true)
+    );
+    usher.signal("HUP");
+    let mut usher = tokio::task::spawn_blocking(move || {
+        usher.wait_for_line("reloaded").expect("a reload");
+        usher
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.get("a.test", "/y").await.status, 200);
+    drop(c);
+    usher.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || usher.wait_exit(crate::support::STEP))
+        .await
+        .unwrap();
+    assert!(status.unwrap().success());
+}

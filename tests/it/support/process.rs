@@ -53,6 +53,7 @@ pub fn run_as(args: &[&str], cwd: &Path, uid: Option<u32>) -> (ExitStatus, Strin
     let mut guard = Running {
         child,
         stderr_lines: None,
+        seen: Vec::new(),
         stdout: None,
     };
     let status = guard.wait_exit(STEP).expect("usher did not exit in time");
@@ -82,6 +83,8 @@ impl OutputNow for Child {
 pub struct Running {
     pub child: Child,
     stderr_lines: Option<mpsc::Receiver<String>>,
+    /// Every stderr line `wait_for_line` went through.
+    seen: Vec<String>,
     stdout: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -143,6 +146,7 @@ impl Running {
         let mut running = Running {
             child,
             stderr_lines: Some(rx),
+            seen: Vec::new(),
             stdout: Some(stdout),
         };
         let line = running
@@ -167,11 +171,20 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => continue,
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
                 Err(_) => return None,
             }
         }
+    }
+
+    /// The stderr lines read so far (by `wait_for_line`, and so by `start`).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
     }
 
     /// Sends a signal by PID with kill(1).
