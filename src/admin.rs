@@ -15,7 +15,6 @@
 //!   purges every entry under the prefix.
 
 use std::convert::Infallible;
-use std::time::SystemTime;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -24,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::acme::stored::secs;
 use crate::body::Body;
 use crate::server::{Control, Status};
 
@@ -78,22 +78,16 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     r
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
 /// A status as JSON.
 fn status_json(s: &Status) -> serde_json::Value {
     let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
     serde_json::json!({
         "generation": s.generation,
         "config": s.file.display().to_string(),
-        "loaded_at": unix(s.loaded),
+        "loaded_at": secs(s.loaded),
         "summary": s.summary,
         "listeners": {"http": addr(s.http), "https": addr(s.https), "admin": addr(s.admin)},
-        "last_reload_error": s.failed.as_ref().map(|(at, e)| serde_json::json!({"at": unix(*at), "error": e})),
+        "last_reload_error": s.failed.as_ref().map(|(at, e)| serde_json::json!({"at": secs(*at), "error": e})),
     })
 }
 
@@ -220,7 +214,7 @@ async fn certs(control: &Control) -> serde_json::Value {
             .iter()
             .find(|(n, _)| *n == primary)
             .and_then(|(_, at)| *at)
-            .map(unix);
+            .map(secs);
         let mode = match &site.tls {
             TlsMode::Acme => "acme",
             TlsMode::Internal => "internal",

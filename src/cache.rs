@@ -60,7 +60,6 @@ pub struct Cache {
     store: moka::sync::Cache<Arc<str>, Arc<Entry>>,
     /// The disk tier, when configured.
     disk: Option<Arc<disk::Disk>>,
-    max_entry: usize,
     /// What it was made with.
     settings: CacheSettings,
     /// Lookups that were hits, misses, and stale entries served.
@@ -180,7 +179,6 @@ impl Cache {
             disk,
             settings: settings.clone(),
             counts: Default::default(),
-            max_entry: settings.max_entry,
             fetching: Mutex::new(HashMap::new()),
         }))
     }
@@ -502,7 +500,7 @@ impl Cache {
 
     /// The most a stored body may hold.
     pub fn max_entry(&self) -> usize {
-        self.max_entry
+        self.settings.max_entry
     }
 
     /// Stores a complete response read for `pending` and answers the request from it (a
@@ -521,7 +519,7 @@ impl Cache {
             body,
             SystemTime::now(),
         ));
-        if entry.body.len() <= self.max_entry {
+        if entry.body.len() <= self.settings.max_entry {
             self.put(&pending.key, &entry);
         }
         let mut resp = entry.respond_stale(&pending.request);

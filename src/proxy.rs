@@ -306,13 +306,18 @@ async fn forward(
     // A fresh cache hit needs none of the rewriting below: answered first (only for routes
     // without key headers, whose key would read the rewritten headers; see
     // Cache::fresh_hit for which entries and requests qualify).
+    // (the key, taken once: without key headers it reads nothing the rewriting changes)
+    let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let mut early_key = None;
     if let (Some(rc), Some(cache), None) = (&route.cache, &proxy.cache, &upgrade) {
-        if rc.key_headers.is_empty() && cache::applies(&parts.method) {
-            let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        if rc.key_headers.is_empty() {
             let key = Cache::key(rc, conn.tls, key_host, &parts);
-            if let Some(resp) = cache.fresh_hit(&key, &parts) {
-                return Ok(resp.map(Body::full));
+            if cache::applies(&parts.method) {
+                if let Some(resp) = cache.fresh_hit(&key, &parts) {
+                    return Ok(resp.map(Body::full));
+                }
             }
+            early_key = Some(key);
         }
     }
     // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
@@ -375,8 +380,10 @@ async fn forward(
     let mut pending = None;
     let mut invalidate = None;
     if let (Some(rc), Some(cache)) = (&route.cache, &proxy.cache) {
-        let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-        let key = Cache::key(rc, conn.tls, key_host, &parts);
+        let key = match early_key {
+            Some(k) => k,
+            None => Cache::key(rc, conn.tls, key_host, &parts),
+        };
         if cache::applies(&parts.method) {
             match cache.lookup(key, &parts, rc).await {
                 Lookup::Hit(resp) => return Ok(resp.map(Body::full)),

@@ -500,11 +500,6 @@ impl Control {
         self.0.shared.live.load().proxy.routes().pools().to_vec()
     }
 
-    /// Open client connections.
-    pub fn open_connections(&self) -> usize {
-        self.0.shared.caps.open.load(Ordering::Relaxed)
-    }
-
     /// The running config.
     pub fn config(&self) -> Option<Arc<Config>> {
         self.0.config.load_full()

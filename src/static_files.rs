@@ -245,9 +245,13 @@ fn etag(headers: &http::HeaderMap) -> Option<HeaderValue> {
         Some(range) => range.rsplit('/').next()?.parse().ok()?,
         None => text(header::CONTENT_LENGTH)?.parse().ok()?,
     };
-    let encoding = text(header::CONTENT_ENCODING)
-        .map(|e| format!("-{e}"))
-        .unwrap_or_default();
+    strong_etag(mtime, size, text(header::CONTENT_ENCODING))
+}
+
+/// The ETag of a file (or of its `encoding` sibling) modified at `mtime` seconds of `size`
+/// bytes, whether served from disk or from memory.
+fn strong_etag(mtime: u64, size: u64, encoding: Option<&str>) -> Option<HeaderValue> {
+    let encoding = encoding.map(|e| format!("-{e}")).unwrap_or_default();
     HeaderValue::from_str(&format!("\"{mtime:x}-{size:x}{encoding}\"")).ok()
 }
 

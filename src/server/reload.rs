@@ -51,10 +51,9 @@ struct Listening {
     stop: CancellationToken,
 }
 
-/// The running generation's parts that a reload replaces or compares with.
+/// The running generation's parts that a reload replaces or compares with (its config and
+/// certificates are `Core::config` and `Core::certs`).
 struct State {
-    config: Arc<Config>,
-    site_certs: Arc<SiteCerts>,
     /// Its internal-certificate loop.
     background: CancellationToken,
     /// The ACME manager and its loops, kept by a reload that changes neither `[acme]` nor
@@ -178,7 +177,7 @@ impl Core {
             if core.shutdown.is_cancelled() {
                 return Err(ReloadError::Draining);
             }
-            let Some(file) = state.as_ref().map(|s| s.config.file.clone()) else {
+            let Some(file) = core.config.load_full().map(|c| c.file.clone()) else {
                 return Err(ReloadError::NotStarted);
             };
             let result = match Config::load(&file) {
@@ -206,15 +205,16 @@ impl Core {
         state: &mut Option<State>,
         config: Config,
     ) -> Result<(), StartupError> {
-        let prepared = self.prepare(Arc::new(config), state.as_ref()).await?;
+        let config = Arc::new(config);
+        let prepared = self.prepare(config.clone(), state.as_ref()).await?;
         let next = self.commit(prepared, state.take()).await;
         let generation = self.status().as_ref().as_ref().map_or(0, |s| s.generation) + 1;
         let addr = |k: Kind| next.listeners.iter().find(|l| l.kind == k).map(|l| l.bound);
         self.status.store(Arc::new(Some(Status {
-            file: next.config.file.clone(),
+            file: config.file.clone(),
             generation,
             loaded: SystemTime::now(),
-            summary: next.config.summary(),
+            summary: config.summary(),
             http: addr(Kind::Http),
             https: addr(Kind::Https),
             admin: addr(Kind::Admin),
@@ -230,11 +230,11 @@ impl Core {
         config: Arc<Config>,
         prev: Option<&State>,
     ) -> Result<Prepared, StartupError> {
-        if let Some(p) = prev {
-            if p.config.user != config.user {
+        if let Some(p) = self.config.load_full() {
+            if p.user != config.user {
                 tracing::warn!("server.user changes take effect at the next start");
             }
-            if p.config.access_log != config.access_log {
+            if p.access_log != config.access_log {
                 tracing::warn!("server.access_log changes take effect at the next start");
             }
         }
@@ -294,9 +294,9 @@ impl Core {
             _ => None,
         };
         let site_certs = Arc::new(SiteCerts::new(&config, self.resolver.clone()));
-        if let Some(p) = prev {
+        if let Some(old) = self.certs.load_full() {
             // ACME certificates of sites that stay keep serving until their loop reloads them
-            site_certs.carry_over(&p.site_certs);
+            site_certs.carry_over(&old);
         }
         install_certs(
             &config,
@@ -386,8 +386,8 @@ impl Core {
         // the old one meanwhile is carried over again.
         if let AcmePlan::Keep(a) = &next.acme {
             a.manager.retarget(next.site_certs.clone());
-            if let Some(p) = &prev {
-                next.site_certs.carry_over(&p.site_certs);
+            if let Some(old) = self.certs.load_full() {
+                next.site_certs.carry_over(&old);
             }
         }
         // Listeners no longer wanted close before the swap (a removed https listener must
@@ -508,8 +508,6 @@ impl Core {
             });
         }
         State {
-            config,
-            site_certs: next.site_certs,
             background,
             acme,
             listeners,

@@ -1,13 +1,11 @@
 //! What `/metrics` reads from the running server when it is scraped: connections, the
 //! config generation, pools and their members, buffers, the cache and certificates.
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::sync::atomic::Ordering;
 use std::sync::{OnceLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
 
 use super::reload::Core;
 
@@ -23,18 +21,15 @@ fn single(
     kind: MetricType,
     v: u64,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, kind)?;
-    match kind {
-        MetricType::Counter => {
-            m.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)
-        }
-        _ => m.encode_gauge(&(v as i64)),
-    }
+    value(e.encode_descriptor(name, help, None, kind)?, kind, v)
 }
 
-fn secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// Writes `v` as a counter or a gauge, as `kind` says.
+fn value(mut m: MetricEncoder, kind: MetricType, v: u64) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        _ => m.encode_gauge(&(v as i64)),
+    }
 }
 
 impl Collector for Scrape {
@@ -74,34 +69,32 @@ impl Collector for Scrape {
         let snaps: Vec<_> = pools.iter().map(|p| (p.name(), p.snapshot())).collect();
         // (families only with series: some parsers refuse an empty one)
         if !pools.is_empty() {
-            let mut healthy = e.encode_descriptor(
+            let per_member = |e: &mut DescriptorEncoder,
+                              name: &str,
+                              help: &str,
+                              f: &dyn Fn(&crate::upstream::MemberSnapshot) -> u64|
+             -> Result<(), std::fmt::Error> {
+                let mut d = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (pool, s) in &snaps {
+                    for m in &s.members {
+                        let labels = [("pool", *pool), ("member", &*m.addr)];
+                        value(d.encode_family(&labels)?, MetricType::Gauge, f(m))?;
+                    }
+                }
+                Ok(())
+            };
+            per_member(
+                &mut e,
                 "upstream_member_up",
                 "1 when a member takes requests (passing health checks, not ejected)",
-                None,
-                MetricType::Gauge,
+                &|m| u64::from(m.healthy && !m.ejected),
             )?;
-            for (pool, s) in &snaps {
-                for m in &s.members {
-                    let labels = [("pool", *pool), ("member", &*m.addr)];
-                    healthy
-                        .encode_family(&labels)?
-                        .encode_gauge(&i64::from(m.healthy && !m.ejected))?;
-                }
-            }
-            let mut in_flight = e.encode_descriptor(
+            per_member(
+                &mut e,
                 "upstream_member_in_flight",
                 "Requests sent to a member and not finished",
-                None,
-                MetricType::Gauge,
+                &|m| m.in_flight as u64,
             )?;
-            for (pool, s) in &snaps {
-                for m in &s.members {
-                    let labels = [("pool", *pool), ("member", &*m.addr)];
-                    in_flight
-                        .encode_family(&labels)?
-                        .encode_gauge(&(m.in_flight as i64))?;
-                }
-            }
             let per_pool = |e: &mut DescriptorEncoder,
                             name: &str,
                             help: &str,
@@ -111,15 +104,7 @@ impl Collector for Scrape {
                 let mut d = e.encode_descriptor(name, help, None, kind)?;
                 for (pool, s) in &snaps {
                     let labels = [("pool", *pool)];
-                    let mut m = d.encode_family(&labels)?;
-                    match kind {
-                        MetricType::Counter => m
-                            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
-                                &f(s),
-                                None,
-                            )?,
-                        _ => m.encode_gauge(&(f(s) as i64))?,
-                    }
+                    value(d.encode_family(&labels)?, kind, f(s))?;
                 }
                 Ok(())
             };
@@ -183,9 +168,11 @@ impl Collector for Scrape {
                 MetricType::Counter,
             )?;
             for (result, v) in [("hit", st.hits), ("miss", st.misses), ("stale", st.stale)] {
-                lookups
-                    .encode_family(&[("result", result)])?
-                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)?;
+                value(
+                    lookups.encode_family(&[("result", result)])?,
+                    MetricType::Counter,
+                    v,
+                )?;
             }
             single(
                 &mut e,
@@ -229,7 +216,7 @@ impl Collector for Scrape {
                 if let Some(at) = at {
                     expiry
                         .encode_family(&[("site", site.as_str())])?
-                        .encode_gauge(&secs(at))?;
+                        .encode_gauge(&(crate::acme::stored::secs(at) as i64))?;
                 }
             }
         }

@@ -129,7 +129,7 @@ impl HotFiles {
             .duration_since(SystemTime::UNIX_EPOCH)
             .ok()?
             .as_secs();
-        let etag = HeaderValue::from_str(&format!("\"{mtime_secs:x}-{:x}\"", identity.len)).ok()?;
+        let etag = super::strong_etag(mtime_secs, identity.len, None)?;
         let mime = mime_guess::from_path(&path).first_or_octet_stream();
         let mut headers = HeaderMap::with_capacity(4);
         headers.insert(

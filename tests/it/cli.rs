@@ -186,12 +186,7 @@ async fn started_as_root_it_drops_to_the_configured_user() {
     .unwrap();
     let (mut usher, at) = Running::start(&file, dir.path());
     let root = crate::support::process::running_as_root();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
-    let uid_line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .to_owned();
+    let uid_line = usher.uid_line();
     if root {
         // real, effective, saved and filesystem ids all changed
         let nobody = nix::unistd::User::from_name("nobody")
@@ -263,12 +258,7 @@ async fn cap_net_bind_service_lets_a_non_root_user_bind_port_80() {
         dir.path(),
     );
     assert_eq!(at.http.map(|a| a.port()), Some(80));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .to_owned();
+    let uid = usher.uid_line();
     assert!(
         uid.split_whitespace().skip(1).all(|u| u == "65534"),
         "{uid}"

@@ -95,12 +95,7 @@ async fn the_image_config_serves_unprivileged() {
     } else {
         Running::start(&dir.path().join("proxy.toml"), dir.path())
     };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", usher.child.id())).unwrap();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .to_owned();
+    let uid = usher.uid_line();
     assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
     let ca = std::fs::read_to_string(dir.path().join("certs/local-ca/root.crt")).unwrap();
     let mut c = Client::tls(at.https.unwrap(), "localhost", &ca, Proto::H1)

@@ -182,6 +182,16 @@ impl Running {
         }
     }
 
+    /// The `Uid:` line of its /proc status: real, effective, saved and filesystem user ids.
+    pub fn uid_line(&self) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_owned()
+    }
+
     /// The stderr lines read so far (by `wait_for_line`, and so by `start`).
     pub fn seen(&self) -> &[String] {
         &self.seen
