@@ -186,7 +186,7 @@ impl StaticFiles {
         if self.sibling_ok(file, "br").await || self.sibling_ok(file, "gz").await {
             return None;
         }
-        self.hot.load(key, file.to_owned(), &meta)
+        self.hot.load(key, file.to_owned(), &meta).await
     }
 
     /// A precompressed sibling is used only if it exists and stays under the root too.

@@ -17,8 +17,10 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use crate::body::Body;
 
-/// Largest file kept in memory.
-pub const MAX_FILE: u64 = 256 << 10;
+/// Largest file kept in memory. 1 MiB: a file that size costs nginx a sendfile; read from
+/// disk through `tokio::fs` it cost usher a copy more than nginx (measured: 1.2x nginx's
+/// CPU per request), while from memory it is one write.
+pub const MAX_FILE: u64 = 1 << 20;
 /// Bytes all of one route's hot files may take.
 pub const CAPACITY: u64 = 32 << 20;
 
@@ -116,11 +118,23 @@ impl HotFiles {
         self.entries.invalidate(key);
     }
 
-    /// Reads `path` (a regular file of at most [`MAX_FILE`] with metadata `meta`) and keeps
-    /// it for `key`. `None` when it cannot be read whole, or changed while read.
-    pub fn load(&self, key: &str, path: PathBuf, meta: &std::fs::Metadata) -> Option<Arc<Hot>> {
+    /// Reads `path` (a regular file of at most [`MAX_FILE`] with metadata `meta`) on the
+    /// blocking pool and keeps it for `key`. `None` when it cannot be read whole, or changed
+    /// while read.
+    pub async fn load(
+        &self,
+        key: &str,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+    ) -> Option<Arc<Hot>> {
         let identity = Identity::of(meta);
-        let body = Bytes::from(std::fs::read(&path).ok()?);
+        let (path, read) = tokio::task::spawn_blocking(move || {
+            let read = std::fs::read(&path);
+            (path, read)
+        })
+        .await
+        .ok()?;
+        let body = Bytes::from(read.ok()?);
         if body.len() as u64 != identity.len {
             return None;
         }
