@@ -177,7 +177,8 @@ impl Proxy {
         // compressed after the cache and the buffers: they keep the identity body
         let resp = match accept {
             Some(a) if crate::compress::worth_a_look(&resp) => {
-                crate::compress::compress(&a, resp).await
+                // boxed: rare enough, and large (hyper moves a request's future by value)
+                Box::pin(crate::compress::compress(&a, resp)).await
             }
             _ => resp,
         };
@@ -340,8 +341,8 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
         let req = Request::from_parts(parts, ReqBody::Client(body));
-        let (mut resp, upstream_conn, upstream) = pool
-            .upgrade(req, conn.peer.ip())
+        // boxed: rare, and its future is large (hyper moves a request's future by value)
+        let (mut resp, upstream_conn, upstream) = Box::pin(pool.upgrade(req, conn.peer.ip()))
             .await
             .map_err(noted(tail))?;
         tail.upstream = Some(upstream);
@@ -578,7 +579,14 @@ async fn request_body(
         return Ok(ReqBody::Client(body));
     }
     let spooled =
-        buffer::read_request(body, policy.max_body_size, &proxy.buffers, &proxy.timeouts).await?;
+        // boxed: only requests with a body pay for its large future (hyper moves a request's future by value)
+        Box::pin(buffer::read_request(
+            body,
+            policy.max_body_size,
+            &proxy.buffers,
+            &proxy.timeouts,
+        ))
+        .await?;
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(spooled.size()));

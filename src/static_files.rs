@@ -88,21 +88,37 @@ impl StaticFiles {
         };
         // (a fallback answer is not kept: any unknown path would take an entry)
         if from_memory && !fell_back {
-            if let Some(entry) = self.load_hot(req.uri().path(), &file).await {
+            // boxed: once per file (see below)
+            if let Some(entry) = Box::pin(self.load_hot(req.uri().path(), &file)).await {
                 return Ok(entry.respond(&req));
             }
         }
+        // boxed: the file path's future is large, and every request's future would be
+        // that large with it inline (hyper moves a request's future by value)
+        Box::pin(self.serve_file(req, &file)).await
+    }
+
+    /// Serves `file` from disk (tower-http's `ServeFile`): ranges, preconditions,
+    /// precompressed siblings, and a strong ETag per encoding.
+    async fn serve_file<B>(
+        &self,
+        req: Request<B>,
+        file: &Path,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: Send + 'static,
+    {
         let accepts = |enc: &str| {
             req.headers()
                 .get_all(header::ACCEPT_ENCODING)
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|s| s.contains(enc)))
         };
-        let mut svc = ServeFile::new(&file);
-        if accepts("br") && self.sibling_ok(&file, "br").await {
+        let mut svc = ServeFile::new(file);
+        if accepts("br") && self.sibling_ok(file, "br").await {
             svc = svc.precompressed_br();
         }
-        if accepts("gzip") && self.sibling_ok(&file, "gz").await {
+        if accepts("gzip") && self.sibling_ok(file, "gz").await {
             svc = svc.precompressed_gzip();
         }
         let client_tags = req

@@ -606,7 +606,8 @@ impl Pool {
             let started = Instant::now();
             let (mut conn, reused) = match self.checkout(member).await {
                 Some(c) => (c, true),
-                None => match self.connect(member).await {
+                // boxed: a new connection is the rare case, and its future is large
+                None => match Box::pin(self.connect(member)).await {
                     Ok(c) => (c, false),
                     Err(e) => {
                         self.failed(member);
