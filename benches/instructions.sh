@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: repeatable where timings on this shared box
+# are not. usher runs under valgrind twice, for N1 and N2 requests (h2load, HTTP/1.1, 10
+# connections); the difference over N2-N1 is one request's cost, by function.
+#   benches/instructions.sh [PATH...]   default: /static/1k.bin /small
+# /static/ is a 1 KiB file from memory, anything else is proxied to a 1-worker nginx (the
+# shared harness's upstream). Needs valgrind, nginx, h2load; builds usher in release mode.
+# Ports 17500-17502 on 127.0.0.1. Prints the total and the top functions (self cost).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-1000} N2=${N2:-6000} TOP=${TOP:-25}
+HARNESS=$(cd ../shared/bench && pwd)
+cargo build --release -q
+WORK=$(mktemp -d /tmp/usher-instr.XXXXXX)
+export UP_DIR=$WORK/up UP_CPUS=${UP_CPUS:-1} UPSTREAM_PORT=17501 DOCROOT=$WORK/www
+export BODY100=$(printf '0123456789%.0s' 1 2 3 4 5 6 7 8 9 10)
+mkdir -p "$UP_DIR" "$DOCROOT/static"
+head -c 1024 /dev/urandom > "$DOCROOT/static/1k.bin"
+VP=""
+cleanup() {
+  [ -n "$VP" ] && kill "$VP" 2>/dev/null && wait "$VP" 2>/dev/null
+  "$HARNESS/lib/upstream.sh" stop
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+"$HARNESS/lib/upstream.sh" start
+cat > "$WORK/proxy.toml" <<CONF
+[server]
+http = "127.0.0.1:17500"
+certs_dir = "$WORK/certs"
+access_log = "text"
+
+[[site]]
+names = ["127.0.0.1"]
+default = true
+
+[[site.route]]
+path = "/static/"
+static = "$DOCROOT"
+
+[[site.route]]
+path = "/"
+proxy = ["127.0.0.1:$UPSTREAM_PORT"]
+CONF
+
+# count PATH N -> callgrind_annotate's per-function table for startup + N requests
+count() {
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" target/release/usher run \
+    --config "$WORK/proxy.toml" >/dev/null 2>"$WORK/valgrind.log" &
+  VP=$!
+  for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:17500$1" && break; sleep 0.2; done
+  taskset -c "$UP_CPUS" h2load --h1 -n "$2" -c 10 "http://127.0.0.1:17500$1" | grep -q "$2 succeeded" \
+    || { echo "requests failed" >&2; exit 1; }
+  kill -TERM "$VP"; wait "$VP" || true; VP=""
+  callgrind_annotate --inclusive=no --threshold=100 "$WORK/cg.out" 2>/dev/null
+}
+
+for path in "${@:-/static/1k.bin /small}"; do
+  for p in $path; do
+    count "$p" "$N1" > "$WORK/a.txt"
+    count "$p" "$N2" > "$WORK/b.txt"
+    echo "== $p: instructions per request (self cost; ${N2} minus ${N1} requests)"
+    python3 - "$WORK/a.txt" "$WORK/b.txt" "$((N2 - N1))" "$TOP" <<'PY'
+import re, sys
+def load(f):
+    d = {}
+    for line in open(f):
+        m = re.match(r'\s*([\d,]+) \([\d. %]+\)\s+(.*)', line)
+        if m:
+            d[m.group(2)] = int(m.group(1).replace(',', ''))
+    return d
+a, b, n, top = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rows = sorted((((b.get(k, 0) - a.get(k, 0)) / n), k) for k in set(a) | set(b))[::-1]
+for v, k in rows[:top + 1]:
+    print(f"{v:9.0f}  {k[:140]}")
+PY
+  done
+done
