@@ -140,7 +140,7 @@ impl AccessLog {
         self.inner.wake.notify_one();
     }
 
-    fn append(&self, tail: &LogTail) {
+    fn append(&self, tail: &LogTail, took: Duration) {
         let mut p = lock(&self.inner.pending);
         if p.buf.len() >= MAX_PENDING {
             p.dropped += 1;
@@ -148,7 +148,7 @@ impl AccessLog {
         }
         let p = &mut *p;
         let before = p.buf.len();
-        tail.write_line(&mut p.buf, &mut p.clock, self.inner.json);
+        tail.write_line(&mut p.buf, &mut p.clock, took, self.inner.json);
         if before < WAKE_AT && p.buf.len() >= WAKE_AT {
             self.inner.wake.notify_one();
         }
@@ -251,7 +251,7 @@ impl LogTail {
         self.status = status;
     }
 
-    fn write_line(&self, out: &mut Vec<u8>, clock: &mut Clock, json: bool) {
+    fn write_line(&self, out: &mut Vec<u8>, clock: &mut Clock, took: Duration, json: bool) {
         let now = SystemTime::now();
         let client: IpAddr = self.conn.peer.ip();
         let host = self
@@ -261,7 +261,7 @@ impl LogTail {
             .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
             .unwrap_or("-");
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let micros = self.start.elapsed().as_micros();
+        let micros = took.as_micros();
         if json {
             let mut time = Vec::with_capacity(24);
             clock.write(now, &mut time);
@@ -339,11 +339,13 @@ struct JsonLine<'a> {
 impl Drop for LogTail {
     fn drop(&mut self) {
         self.conn.request_finished();
+        // one clock read for the metrics and the line
+        let took = self.start.elapsed();
         if let Some(m) = &self.metrics {
-            m.record(self.status, self.version, self.start.elapsed(), self.bytes);
+            m.record(self.status, self.version, took, self.bytes);
         }
         if let Some(log) = &self.log {
-            log.append(self);
+            log.append(self, took);
         }
     }
 }

@@ -176,7 +176,6 @@ fn run(config: Config) -> ExitCode {
     })
 }
 
-/// Builds a runtime, or says why not and gives the exit code.
 /// The runtime for the CPUs usher may use (its affinity mask, or TOKIO_WORKER_THREADS): with
 /// one, a current-thread runtime (no work-stealing machinery, no cross-thread wakeups; it
 /// measured faster pinned to one CPU), otherwise one worker per CPU.
@@ -195,6 +194,7 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
+/// Builds a runtime, or says why not and gives the exit code.
 fn runtime(builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = builder;
     builder.enable_all().build().map_err(|e| {

@@ -223,7 +223,7 @@ impl Proxy {
                 limit: self.max_uri_length,
             });
         }
-        let routes = self.routes.clone();
+        let routes = &self.routes;
         let host = request_host(&req)?;
         let site_id = routes
             .site_for(host)

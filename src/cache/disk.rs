@@ -432,11 +432,15 @@ fn read_entry(path: &Path, key: &str) -> io::Result<Entry> {
     if meta.key != key {
         return Err(damaged("holds another key"));
     }
-    let body = data.get(start..).unwrap_or_default();
-    if body.len() as u64 != meta.body_len {
+    let body_len = data
+        .len()
+        .checked_sub(start)
+        .ok_or_else(|| damaged("truncated"))?;
+    if body_len as u64 != meta.body_len {
         return Err(damaged("body length does not match its header"));
     }
-    let body = Bytes::copy_from_slice(body);
+    // the body is a view of the bytes read, not a second copy
+    let body = Bytes::from(bytes).slice(start..start + body_len);
     Ok(Entry::new(
         meta.policy,
         meta.status,
