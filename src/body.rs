@@ -76,7 +76,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full { data } => data.is_none(),
-            Body::Upstream { body } => body.body.is_end_stream(),
+            Body::Upstream { body } => body.is_end_stream(),
             Body::Static { body } => body.is_end_stream(),
             Body::Spooled { body } => body.is_end_stream(),
             Body::Held { body } => body.is_end_stream(),
@@ -89,7 +89,7 @@ impl HttpBody for Body {
             Body::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Body::Upstream { body } => body.body.size_hint(),
+            Body::Upstream { body } => body.size_hint(),
             Body::Static { body } => body.size_hint(),
             Body::Spooled { body } => body.size_hint(),
             Body::Held { body } => body.size_hint(),
@@ -110,6 +110,8 @@ pub struct UpstreamBody {
     read_timeout: Duration,
     /// Created on the first read that has to wait, so bodies that arrive whole cost no timer.
     stall: Option<Pin<Box<Sleep>>>,
+    /// The whole body, read before the response was handed on; `body` is then at its end.
+    read: Option<Bytes>,
 }
 
 impl UpstreamBody {
@@ -126,7 +128,14 @@ impl UpstreamBody {
             _in_flight: in_flight,
             read_timeout,
             stall: None,
+            read: None,
         }
+    }
+
+    /// The same, for a body already read whole (`Sent::read`).
+    pub fn already_read(mut self, read: Option<Bytes>) -> UpstreamBody {
+        self.read = read;
+        self
     }
 
     fn release(&mut self) {
@@ -144,6 +153,10 @@ impl HttpBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.read.take() {
+            self.release();
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let timeout = self.read_timeout;
         let frame = match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -174,11 +187,14 @@ impl HttpBody for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.read.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.read {
+            Some(data) => SizeHint::with_exact(data.len() as u64),
+            None => self.body.size_hint(),
+        }
     }
 }
 

@@ -447,7 +447,8 @@ async fn forward(
             cache.invalidate(&key, key_headers);
         }
     }
-    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
+        .already_read(sent.read);
     if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
         if parts.status.is_server_error() {
             if let Some(resp) = cache.stale_on_error(p, rc) {
@@ -538,7 +539,8 @@ async fn refresh_entry(
     };
     let (mut head, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
+        .already_read(sent.read);
     if let After::Store(policy) = cache.after(&pending, &head) {
         let len = http_body::Body::size_hint(&body).exact();
         if len.is_some_and(|n| n <= cache.max_entry() as u64) {

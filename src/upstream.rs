@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -165,6 +166,13 @@ const RACE_IDLE: Duration = Duration::from_millis(250);
 /// A request written onto a connection the app had already closed fails within a round
 /// trip; a failure later than this means the app may have worked on the request.
 const RACE_FAILURE: Duration = Duration::from_millis(100);
+
+/// A response body of known length up to this size, to a request that could be sent again,
+/// is read whole before the response is handed on: an app that dies between the head and the
+/// body (a worker killed mid-write) then costs a retry on another member, not a cut response.
+/// Bodies this small come in the read that brought the head or the next one, and fit in the
+/// client connection's write buffer anyway.
+const READ_AHEAD: u64 = 16 * 1024;
 
 /// Margin kept below the idle time an app announces: the request must reach the app before
 /// it closes the connection, with room for a loaded machine.
@@ -509,6 +517,9 @@ pub struct Sent {
     pub upstream: Arc<str>,
     /// Keeps the request counted on its member until the body is done.
     pub in_flight: InFlight,
+    /// The whole body, when it was read before the response was handed on (see
+    /// `READ_AHEAD`); `response`'s own body is then at its end.
+    pub read: Option<Bytes>,
 }
 
 impl Pool {
@@ -576,7 +587,9 @@ impl Pool {
     /// request hyper hands back unsent. When the connection fails before any response byte,
     /// a request whose body can be sent again (none, or buffered) is sent again if its method
     /// is idempotent, or, whatever its method, if the connection had sat idle in the pool
-    /// (the keep-alive race: the app closed it, so it never saw the request).
+    /// (the keep-alive race: the app closed it, so it never saw the request). An idempotent
+    /// request that could be sent again has a small response body read whole here
+    /// (`READ_AHEAD`), so a failure between head and body is retried too.
     pub async fn send(
         &self,
         mut req: Request<ReqBody>,
@@ -636,12 +649,33 @@ impl Pool {
             let sent_at = Instant::now();
             let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
             match sent {
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
                     let took = started.elapsed();
                     member.load.observe(took);
                     self.latency.observe(took);
                     if let Some(app_limit) = keep_alive_timeout(response.headers()) {
                         conn.idle_limit = conn.idle_limit.min(app_limit);
+                    }
+                    let mut read = None;
+                    // the app saw the request, so only an idempotent one is sent again
+                    if let Some(copy) = copy.filter(|_| idempotent) {
+                        if self.reads_ahead(&response) {
+                            let body = http_body_util::BodyExt::collect(response.body_mut());
+                            match tokio::time::timeout(self.response_timeout, body).await {
+                                Ok(Ok(whole)) => read = Some(whole.to_bytes()),
+                                failed => {
+                                    let error = match failed {
+                                        Ok(Err(e)) => e.to_string(),
+                                        _ => "timed out".to_owned(),
+                                    };
+                                    tracing::debug!(upstream = %member.label, %error, "upstream failed within the response body; sending again");
+                                    self.failed(member);
+                                    self.retried.fetch_add(1, Ordering::Relaxed);
+                                    req = copy;
+                                    continue;
+                                }
+                            }
+                        }
                     }
                     if response.status().is_server_error() {
                         self.failed(member);
@@ -653,6 +687,7 @@ impl Pool {
                         conn,
                         upstream: member.label.clone(),
                         in_flight,
+                        read,
                     });
                 }
                 Ok(Err(mut e)) => {
@@ -691,6 +726,15 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Whether `response`'s body is read whole before it is handed on (see `READ_AHEAD`):
+    /// HTTP/1 only, where a body of known length carries no trailers.
+    fn reads_ahead(&self, response: &Response<Incoming>) -> bool {
+        let body = response.body();
+        self.protocol != UpstreamProtocol::H2c
+            && !body.is_end_stream()
+            && body.size_hint().exact().is_some_and(|n| n <= READ_AHEAD)
     }
 
     /// With `max_conns`: a place among all members' slots, waiting in the bounded queue for

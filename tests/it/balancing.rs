@@ -423,3 +423,83 @@ async fn a_post_that_failed_late_is_not_sent_again() {
     let seen: Vec<String> = app.seen().iter().map(|s| s.uri.to_string()).collect();
     assert_eq!(seen, ["/first", "/again", "/late"]);
 }
+
+/// A member that dies between the response head and its body (a worker killed mid-write): a
+/// GET is answered whole by another member, never cut; a POST, which the app has seen, is
+/// never sent twice, so its response is cut.
+#[tokio::test]
+async fn a_member_dying_after_the_head_costs_a_get_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_addr = listener.local_addr().unwrap().to_string();
+    let cut_seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = cut_seen.clone();
+    let cut = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                seen.lock()
+                    .unwrap()
+                    .push(line.lines().next().unwrap_or("").to_owned());
+                // the head promises 100 bytes; 7 come, then the connection closes
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                    .await;
+            });
+        }
+    });
+    let live = Upstream::start("live").await;
+    let usher = TestServer::start(&site(&two_member_pool(
+        &cut_addr,
+        &live.addr,
+        "eject_after = 0",
+    )))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for i in 0..10 {
+        let r = c.get("app.test", &format!("/g{i}")).await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, format!("live /g{i}")));
+    }
+    let gets = cut_seen.lock().unwrap().len();
+    assert!(gets >= 3, "the dying member saw only {gets} of the GETs");
+    assert_eq!(live.seen().len(), 10);
+    // two POSTs in a row: round robin sends one to each member
+    let mut cut_posts = 0;
+    for _ in 0..2 {
+        let post = http::Request::post("/p")
+            .header("host", "app.test")
+            .body(http_body_util::Full::new(bytes::Bytes::from("x")))
+            .unwrap();
+        let mut c = Client::plain(usher.http, Proto::H1).await;
+        let resp = c.send_streaming(post).await.expect("response head");
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::BodyExt::collect(resp.into_body()),
+        )
+        .await
+        .expect("body bounded");
+        if body.is_err() {
+            cut_posts += 1;
+        }
+    }
+    let posts_at_cut = cut_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("POST"))
+        .count();
+    let posts_at_live = live.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!((cut_posts, posts_at_cut, posts_at_live), (1, 1, 1));
+    cut.abort();
+}
