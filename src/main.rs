@@ -50,10 +50,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("USHER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter(std::env::var("USHER_LOG").ok()))
         .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -70,6 +67,19 @@ fn main() -> ExitCode {
         Command::Run => run(config),
         Command::Certs { action } => certs(&config, action),
     }
+}
+
+/// The diagnostics filter: `USHER_LOG` (a `tracing` filter), `info` without it or when it does
+/// not parse. rustls warns about what a peer sent (an IP address as SNI, which wrk and some
+/// scripts send on every handshake), so any client could fill the log: its events are kept to
+/// errors unless the filter names rustls itself.
+fn log_filter(env: Option<String>) -> tracing_subscriber::EnvFilter {
+    let mut text = env.unwrap_or_else(|| "info".to_owned());
+    if !text.contains("rustls") {
+        text.push_str(",rustls=error");
+    }
+    tracing_subscriber::EnvFilter::try_new(&text)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"))
 }
 
 fn certs(config: &Config, action: Option<CertsAction>) -> ExitCode {

@@ -319,3 +319,60 @@ async fn on_one_cpu_the_current_thread_runtime_proxies_reloads_and_drains() {
         .unwrap();
     assert!(status.unwrap().success());
 }
+
+/// A client that sends an IP address as SNI (wrk does on every handshake, and anyone can)
+/// costs no log line: rustls's warnings about what a peer sent are kept to errors.
+#[test]
+fn an_ip_address_as_sni_is_not_logged_per_handshake() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[server]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"off\"\ncerts_dir = \"certs\"\n[[site]]\nnames = [\"a.test\"]\ndefault = true\n[[site.route]]\npath = \"/\"\nredirect = \"/x\"\n",
+    );
+    let (mut usher, at) = Running::start(Path::new(&file), dir.path());
+    // A ClientHello naming "127.0.0.1" in its server_name extension. It offers no key share,
+    // so the handshake fails after the hello is read; the SNI is what matters here.
+    let name = b"127.0.0.1";
+    let mut sni = vec![0x00, 0x00]; // extension type server_name
+    let list_len = 3 + name.len();
+    sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+    sni.push(0x00); // host_name
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let versions = [0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]; // supported_versions: TLS 1.3
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    hello.extend_from_slice(&((sni.len() + versions.len()) as u16).to_be_bytes());
+    hello.extend_from_slice(&sni);
+    hello.extend_from_slice(&versions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(at.https.unwrap()).unwrap();
+        s.set_read_timeout(Some(crate::support::STEP)).unwrap();
+        s.write_all(&record).unwrap();
+        // usher answers with an alert and closes: the hello has been read and judged
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert_eq!(answer.first(), Some(&0x15), "expected an alert: {answer:?}");
+    }
+    // a reload logs a line after anything the handshakes logged
+    usher.signal("HUP");
+    usher.wait_for_line("reloaded").expect("a reload");
+    assert!(
+        !usher.seen().iter().any(|l| l.contains("SNI")),
+        "{:?}",
+        usher.seen()
+    );
+    usher.signal("TERM");
+    assert!(usher.wait_exit(crate::support::STEP).unwrap().success());
+}
