@@ -1,33 +1,31 @@
 //! Listeners, the accept loop, TLS handshakes, HTTP/1.1 + HTTP/2 connections, the idle watcher
 //! and the graceful drain.
 //!
-//! Per connection: accept (TCP_NODELAY) -> TLS handshake under `tls_handshake` with the SNI
-//! resolver -> hyper-util's auto builder (HTTP/1.1 with a header read timeout, or HTTP/2) ->
-//! served until the client closes, the idle watcher closes it, or shutdown drains it.
+//! Per connection (`server/conn.rs`): accept (TCP_NODELAY) -> TLS handshake under
+//! `tls_handshake` with the SNI resolver -> HTTP/2 on hyper-util's auto builder, or HTTP/1.1
+//! on hyper's, parked while idle -> served until the client closes, the idle watcher closes
+//! it, or shutdown drains it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::acme::ACME_TLS_ALPN;
 use crate::certs::{self, LocalCa};
 use crate::config::{Config, TlsMode};
 use crate::error::{ReloadError, StartupError};
@@ -35,8 +33,11 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::tls::SiteCerts;
 
+mod conn;
 mod reload;
 mod scrape;
+
+use conn::serve_tcp;
 
 use reload::Core;
 pub use reload::Status;
@@ -73,6 +74,8 @@ pub struct ConnInfo {
     /// Bytes read from the client, added to `received_into` when it closes.
     received: AtomicU64,
     received_into: Option<prometheus_client::metrics::counter::Counter>,
+    /// Set while an idle HTTP/1.1 session is being parked: its end leaves the socket open.
+    parking: AtomicBool,
 }
 
 impl Drop for ConnInfo {
@@ -90,6 +93,8 @@ enum Watch {
     Until(Instant),
     /// Idle for `client_idle`: close gracefully.
     Idle,
+    /// Idle for the park delay (HTTP/1.1): end the session, keep the connection.
+    Park,
     /// A request head took longer than `client_header`: drop the connection.
     SlowHead,
     /// A request is in flight but nothing moved for the stall limit: drop the connection.
@@ -107,6 +112,8 @@ struct WatchLimits {
     grace: Duration,
     idle: Duration,
     stall: Duration,
+    /// Idle this long, a session is parked (HTTP/1.1 only; shorter than `idle`).
+    park: Option<Duration>,
 }
 
 impl ConnInfo {
@@ -123,8 +130,14 @@ impl ConnInfo {
             head_bytes: AtomicU64::new(0),
             received: AtomicU64::new(0),
             received_into: None,
+            parking: AtomicBool::new(false),
             epoch: Instant::now(),
         }
+    }
+
+    /// When the connection last read or wrote.
+    fn last_active_at(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_active.load(Ordering::Relaxed))
     }
 
     /// A request on this connection began.
@@ -146,8 +159,14 @@ impl ConnInfo {
     }
 
     fn read_progress(&self, n: u64) {
-        let ms = self.touch();
         self.received.fetch_add(n, Ordering::Relaxed);
+        self.head_progress(n);
+    }
+
+    /// Bytes of a request head handed to hyper (read now, or read ahead by an earlier
+    /// session and handed over again).
+    fn head_progress(&self, n: u64) {
+        let ms = self.touch();
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             if self.head_since.load(Ordering::Relaxed) == 0 {
                 self.head_since.store(ms + 1, Ordering::Relaxed);
@@ -172,7 +191,10 @@ impl ConnInfo {
             (last + limits.stall, Watch::Stalled)
         } else {
             match self.head_since.load(Ordering::Relaxed) {
-                0 => (last + limits.idle, Watch::Idle),
+                0 => match limits.park.filter(|p| *p < limits.idle) {
+                    Some(park) => (last + park, Watch::Park),
+                    None => (last + limits.idle, Watch::Idle),
+                },
                 since => {
                     // a head: a ceiling; once it has begun to arrive, also a longest pause
                     // and a minimum rate after the grace (a connection opened ahead of use,
@@ -267,7 +289,10 @@ struct Live {
 
 /// TLS, HTTP settings and watcher limits of connections.
 struct ConnSettings {
+    /// HTTP/2 (and HTTP/1.1 that began like the h2c preface).
     builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1.
+    h1: http1::Builder,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     watch: WatchLimits,
@@ -277,6 +302,7 @@ impl ConnSettings {
     fn new(config: &Config, tls: Option<TlsAcceptor>) -> Arc<ConnSettings> {
         Arc::new(ConnSettings {
             builder: http_builder(config),
+            h1: http1_builder(config),
             tls,
             handshake_timeout: config.timeouts.tls_handshake,
             watch: WatchLimits::new(config),
@@ -292,6 +318,8 @@ struct ConnCaps {
     per_ip: AtomicUsize,
     /// Open client connections (counted whatever the caps).
     open: AtomicUsize,
+    /// Of those, idle HTTP/1.1 connections parked (holding no HTTP session).
+    parked: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -418,6 +446,17 @@ pub async fn start_with_log(
     })
 }
 
+/// The HTTP/1.1 server settings of `config` (no header_read_timeout: hyper's also runs while
+/// a keep-alive connection waits for its next request, which would cap client_idle at
+/// client_header; the connection watcher enforces both).
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_buf_size(config.limits.max_header_size)
+        .max_headers(config.limits.max_headers);
+    builder
+}
+
 /// The HTTP/1.1 and HTTP/2 server settings of `config`.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -448,6 +487,7 @@ impl WatchLimits {
                 .timeouts
                 .client_idle
                 .max(config.timeouts.upstream_response),
+            park: None,
         }
     }
 }
@@ -608,177 +648,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        tracker.spawn(async move {
-            serve_tcp(tcp, peer, is_tls, shared, slot).await;
-        });
-    }
-}
-
-async fn serve_tcp(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    is_tls: bool,
-    shared: Arc<Shared>,
-    slot: CapSlot,
-) {
-    let info = |tls, sni| {
-        let mut info = ConnInfo::new(peer, tls, sni);
-        info.cap = Some(slot);
-        info.received_into = Some(shared.metrics.received.clone());
-        info
-    };
-    let live = shared.live.load().conn.clone();
-    match (&live.tls, is_tls) {
-        (Some(acceptor), true) => {
-            let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
-            let stream = tokio::select! {
-                r = handshake => match r {
-                    Ok(Ok(s)) => {
-                        shared.metrics.handshakes.ok.inc();
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        shared.metrics.handshakes.failed.inc();
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        shared.metrics.handshakes.timed_out.inc();
-                        return;
-                    }
-                },
-                _ = shared.drain.cancelled() => return,
-            };
-            if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-                // A CA validating TLS-ALPN-01: the handshake was the whole answer.
-                let mut stream = stream;
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                return;
-            }
-            let sni = stream.get_ref().1.server_name().map(Box::from);
-            serve_conn(stream, info(true, sni), shared, &live).await;
-        }
-        _ => serve_conn(tcp, info(false, None), shared, &live).await,
-    }
-}
-
-async fn serve_conn<I>(io: I, info: ConnInfo, shared: Arc<Shared>, live: &ConnSettings)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let info = Arc::new(info);
-    let io = TokioIo::new(Watched {
-        io,
-        info: info.clone(),
-    });
-    let svc = {
-        let (shared, info) = (shared.clone(), info.clone());
-        service_fn(move |req| {
-            // each request on the config current when it starts
-            let (live, info) = (shared.live.load_full(), info.clone());
-            async move { Ok::<_, std::convert::Infallible>(live.proxy.handle(req, info).await) }
-        })
-    };
-    // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
-    let conn = live.builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    // The connection's state (and with it the rule that applies) changes between wake-ups, so
-    // the watcher never sleeps longer than the shortest limit.
-    let limits = live.watch;
-    let nap = limits
-        .header
-        .min(limits.header_idle)
-        .min(limits.idle)
-        .min(limits.stall);
-    let watch = tokio::time::sleep(nap);
-    tokio::pin!(watch);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = shared.drain.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = watch.as_mut(), if !closing => match info.watch(limits, Instant::now()) {
-                Watch::Until(deadline) => watch.as_mut().reset(deadline.min(Instant::now() + nap)),
-                Watch::Idle => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                verdict => {
-                    tracing::debug!(peer = %info.peer, ?verdict, "closing connection");
-                    return;
-                }
-            },
-            _ = shared.hard_stop.cancelled() => return,
-        }
-    }
-}
-
-/// Records the time of every read and write, for the idle watcher.
-struct Watched<I> {
-    io: I,
-    info: Arc<ConnInfo>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.info
-                .read_progress((buf.filled().len() - before) as u64);
-        }
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.write_progress();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.write_progress();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        tracker.spawn(serve_tcp(tcp, peer, is_tls, shared, slot));
     }
 }
 
@@ -793,6 +663,7 @@ mod tests {
         grace: Duration::from_secs(10),
         idle: Duration::from_secs(75),
         stall: Duration::from_secs(90),
+        park: None,
     };
 
     fn conn() -> ConnInfo {
@@ -861,6 +732,28 @@ mod tests {
             ..limits
         };
         assert!(matches!(c.watch(no_rate, at(&c, 3)), Watch::Until(_)));
+    }
+
+    #[test]
+    fn an_idle_connection_is_parked_before_it_is_closed() {
+        let parking = WatchLimits {
+            park: Some(Duration::from_millis(50)),
+            ..LIMITS
+        };
+        let c = conn();
+        // a new connection owes its first head: never parked
+        assert!(matches!(c.watch(parking, at(&c, 9)), Watch::Until(_)));
+        c.request_started();
+        assert!(matches!(c.watch(parking, at(&c, 1)), Watch::Until(_)));
+        c.request_finished();
+        assert_eq!(c.watch(parking, at(&c, 1)), Watch::Park);
+        // without parking (HTTP/2), or with a park delay past client_idle, only the idle rule
+        assert!(matches!(c.watch(LIMITS, at(&c, 1)), Watch::Until(_)));
+        let late = WatchLimits {
+            park: Some(Duration::from_secs(100)),
+            ..LIMITS
+        };
+        assert_eq!(c.watch(late, at(&c, 80)), Watch::Idle);
     }
 
     #[test]

@@ -46,6 +46,13 @@ impl Collector for Scrape {
             MetricType::Gauge,
             shared.caps.open.load(Ordering::Relaxed) as u64,
         )?;
+        single(
+            &mut e,
+            "connections_parked",
+            "Idle HTTP/1.1 client connections parked: holding their socket and TLS session only",
+            MetricType::Gauge,
+            shared.caps.parked.load(Ordering::Relaxed) as u64,
+        )?;
         let status = core.status();
         if let Some(s) = status.as_ref() {
             single(

@@ -205,3 +205,55 @@ async fn shutdown_closes_idle_keepalive_connections() {
     // keep-alive connection was closed at once.
     usher.stop().await;
 }
+
+/// Reads `usher_connections_parked` from /metrics.
+async fn parked(admin: &mut Client) -> u32 {
+    let text = admin.get("admin", "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("usher_connections_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no parked gauge in\n{text}"))
+}
+
+/// An idle HTTP/1.1 connection, plain or TLS, is parked: it lets its HTTP session go and
+/// keeps only its socket and TLS session (the gauge counts it), and its next request is
+/// answered as before. An HTTP/2 connection is not parked. A drain closes parked
+/// connections at once.
+#[tokio::test]
+async fn idle_http1_connections_are_parked_and_serve_again() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{0}\"]\n[[site]]\nnames = [\"tls.test\"]\n[[site.route]]\npath = \"/\"\nproxy = [\"{0}\"]\n",
+        up.addr
+    ))
+    .await;
+    let mut plain = Client::plain(usher.http, Proto::H1).await;
+    let mut tls = Client::tls(usher.https(), "tls.test", usher.ca(), Proto::H1)
+        .await
+        .unwrap();
+    let mut h2 = Client::tls(usher.https(), "tls.test", usher.ca(), Proto::H2)
+        .await
+        .unwrap();
+    assert_eq!(plain.get("app.test", "/a").await.text(), "app /a");
+    assert_eq!(tls.get("tls.test", "/b").await.text(), "app /b");
+    assert_eq!(h2.get("tls.test", "/c").await.text(), "app /c");
+    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
+    let deadline = tokio::time::Instant::now() + crate::support::STEP;
+    while parked(&mut admin).await != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // parked, they answer as before: the gauge said 2 while the HTTP/2 connection was open
+    assert_eq!(plain.get("app.test", "/d").await.text(), "app /d");
+    assert_eq!(tls.get("tls.test", "/e").await.text(), "app /e");
+    assert_eq!(h2.get("tls.test", "/f").await.text(), "app /f");
+    let deadline = tokio::time::Instant::now() + crate::support::STEP;
+    while parked(&mut admin).await != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not parked again");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(admin);
+    // The grace period is 60 s and `stop` is bounded by 10 s: it returns only because the
+    // parked connections (and the idle HTTP/2 one) were closed at once.
+    usher.stop().await;
+}

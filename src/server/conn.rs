@@ -1,0 +1,475 @@
+//! One client connection: the TLS handshake, then its HTTP sessions under the idle watcher.
+//!
+//! HTTP/2 (ALPN `h2`, or the h2c preface on the plain listener) runs on hyper-util's auto
+//! builder. HTTP/1.1 runs on hyper's own, and an HTTP/1.1 connection idle for `PARK_AFTER`
+//! is parked: hyper's connection state and buffers (about 30 KiB) are let go, only the
+//! socket and the TLS session stay, and a new session starts when the client sends again.
+//! nginx does the same when a connection goes into keep-alive.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{CapSlot, ConnCaps, ConnInfo, ConnSettings, Live, Shared, Watch, WatchLimits};
+use crate::acme::ACME_TLS_ALPN;
+use crate::body::Logged;
+
+/// How long an HTTP/1.1 connection sits idle before it is parked: long enough that a client
+/// sending request after request keeps its session, short enough that thousands of idle
+/// keep-alive connections cost little.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// The longest wait for a parked connection's close (TLS close_notify, then FIN) to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client connection's transport: TCP, or TLS over it.
+pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the socket has something to read, or the client closed it.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+
+    /// Whether a read would return at once without the socket: TLS records already
+    /// received and decrypted ahead, or the client's close_notify.
+    fn has_pending(&mut self) -> bool;
+}
+
+impl ClientIo for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+
+    fn has_pending(&mut self) -> bool {
+        false
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.get_ref().0.readable()
+    }
+
+    fn has_pending(&mut self) -> bool {
+        match self.get_mut().1.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            // the next read reports it
+            Err(_) => true,
+        }
+    }
+}
+
+/// A connection's HTTP sessions, boxed: a parked connection's task then holds little
+/// more than its socket.
+type Serving<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+pub(super) async fn serve_tcp(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    is_tls: bool,
+    shared: Arc<Shared>,
+    slot: CapSlot,
+) {
+    let received = shared.metrics.received.clone();
+    let info = move |tls, sni| {
+        let mut info = ConnInfo::new(peer, tls, sni);
+        info.cap = Some(slot);
+        info.received_into = Some(received);
+        Arc::new(info)
+    };
+    let live = shared.live.load().conn.clone();
+    // (the sessions are boxed: a task is as large as its largest state, and a parked
+    // connection should hold little more than its socket)
+    let serve: Serving<'_> = match (&live.tls, is_tls) {
+        (Some(acceptor), true) => {
+            let handshake = Box::pin(tokio::time::timeout(
+                live.handshake_timeout,
+                acceptor.accept(tcp),
+            ));
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => {
+                        shared.metrics.handshakes.ok.inc();
+                        s
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        shared.metrics.handshakes.failed.inc();
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        shared.metrics.handshakes.timed_out.inc();
+                        return;
+                    }
+                },
+                _ = shared.drain.cancelled() => return,
+            };
+            after_handshake(stream, info, shared, &live)
+        }
+        _ => {
+            let info = info(false, None);
+            match may_be_h2c(&tcp, live.watch, &shared).await {
+                Some(true) => Box::pin(serve_auto(tcp, info, shared, &live)),
+                Some(false) => Box::pin(serve_h1(tcp, info, shared, &live)),
+                None => return,
+            }
+        }
+    };
+    serve.await;
+}
+
+/// What follows a TLS handshake: the HTTP sessions, HTTP/2 or HTTP/1.1 as ALPN says; for a CA
+/// validating TLS-ALPN-01, only the close (the handshake was the whole answer).
+fn after_handshake<'a>(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: impl FnOnce(bool, Option<Box<str>>) -> Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    live: &'a ConnSettings,
+) -> Serving<'a> {
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(ACME_TLS_ALPN) {
+        let mut stream = stream;
+        return Box::pin(async move {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        });
+    }
+    let h2 = alpn == Some(b"h2");
+    let sni = stream.get_ref().1.server_name().map(Box::from);
+    let info = info(true, sni);
+    if h2 {
+        Box::pin(serve_auto(stream, info, shared, live))
+    } else {
+        Box::pin(serve_h1(stream, info, shared, live))
+    }
+}
+
+/// Whether a plain connection may speak HTTP/2 with prior knowledge: its first bytes (due
+/// within `client_header`) begin the h2c preface. `None` when the client closed or stayed
+/// silent, or a drain began.
+async fn may_be_h2c(tcp: &TcpStream, limits: WatchLimits, shared: &Shared) -> Option<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let peek = tokio::time::timeout(limits.header, tcp.peek(&mut first));
+    let n = tokio::select! {
+        r = peek => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        },
+        _ = shared.drain.cancelled() => return None,
+    };
+    Some(H2_PREFACE.starts_with(&first[..n]))
+}
+
+/// Answers a request on the config current when it starts.
+async fn respond(
+    live: Arc<Live>,
+    info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Logged>, std::convert::Infallible> {
+    Ok(live.proxy.handle(req, info).await)
+}
+
+/// HTTP/2, or HTTP/1.1 that began like the h2c preface: hyper-util's auto builder, one
+/// session for the whole connection.
+async fn serve_auto<I: ClientIo>(
+    io: I,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    live: &ConnSettings,
+) {
+    let io = TokioIo::new(Watched::new(io, info.clone(), Bytes::new()));
+    let svc = {
+        let (shared, info) = (shared.clone(), info.clone());
+        service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
+    };
+    // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
+    let conn = live.builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let limits = WatchLimits {
+        park: None,
+        ..live.watch
+    };
+    drive(conn, |c| c.graceful_shutdown(), &info, &shared, limits).await;
+}
+
+/// HTTP/1.1: sessions on hyper's builder, parked in between when the client pauses.
+// Not an async fn: an async block uses its captures in place, where an async fn's body
+// copies its arguments into locals, and the socket (1.2 KiB with TLS) would be held twice.
+#[allow(clippy::manual_async_fn)]
+fn serve_h1<'a, I: ClientIo>(
+    mut io: I,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    live: &'a ConnSettings,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let svc = {
+            let (shared, info) = (shared.clone(), info.clone());
+            service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
+        };
+        let limits = WatchLimits {
+            park: Some(PARK_AFTER),
+            ..live.watch
+        };
+        let mut prefix = Bytes::new();
+        loop {
+            info.parking.store(false, Ordering::Relaxed);
+            let mut conn = h1_session(&live.h1, io, info.clone(), prefix, svc.clone());
+            let parked = drive(
+                Pin::new(&mut *conn),
+                |c| c.graceful_shutdown(),
+                &info,
+                &shared,
+                limits,
+            )
+            .await;
+            // (none when the connection was upgraded: it has become a tunnel)
+            match parked.then(|| take_back(*conn)).flatten() {
+                Some((back, ahead)) => (io, prefix) = (back, ahead),
+                None => return,
+            }
+            if prefix.is_empty()
+                && !io.has_pending()
+                && !park(&mut io, &info, &shared, limits).await
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The socket back from a parked session, with what hyper had read of a next request after
+/// anything it had not read yet (copied: hyper's read buffer, 8 KiB or more, is let go even
+/// when it holds a few bytes); `None` when the connection was upgraded.
+fn take_back<I, S, B>(
+    conn: http1::UpgradeableConnection<TokioIo<Watched<I>>, S>,
+) -> Option<(I, Bytes)>
+where
+    I: ClientIo,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let parts = conn.into_parts()?;
+    let watched = parts.io.into_inner();
+    let prefix = if watched.prefix.is_empty() && parts.read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from([watched.prefix, parts.read_buf].concat())
+    };
+    Some((watched.io, prefix))
+}
+
+/// A new HTTP/1.1 session on `io`, boxed: while parked, the connection's task holds only
+/// the socket. (Not async: a temporary here would otherwise take room in the task.)
+fn h1_session<I, S, B>(
+    builder: &http1::Builder,
+    io: I,
+    info: Arc<ConnInfo>,
+    prefix: Bytes,
+    svc: S,
+) -> Box<http1::UpgradeableConnection<TokioIo<Watched<I>>, S>>
+where
+    I: ClientIo,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(Watched::new(io, info, prefix));
+    Box::new(builder.serve_connection(io, svc).with_upgrades())
+}
+
+/// A parked connection: waits, holding only the socket, for the client to send again.
+/// Closes it (as hyper would, with TLS close_notify) when it stays idle for `client_idle` or
+/// a drain begins. Returns whether to serve it again.
+async fn park<I: ClientIo>(
+    io: &mut I,
+    info: &ConnInfo,
+    shared: &Shared,
+    limits: WatchLimits,
+) -> bool {
+    let idle_until = info.last_active_at() + limits.idle;
+    let _counted = Parked::count(&shared.caps);
+    tokio::select! {
+        r = io.readable() => return r.is_ok(),
+        _ = tokio::time::sleep_until(idle_until) => {}
+        _ = shared.drain.cancelled() => {}
+        _ = shared.hard_stop.cancelled() => return false,
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, tokio::io::AsyncWriteExt::shutdown(io)).await;
+    false
+}
+
+/// Counts a connection as parked while it lives.
+struct Parked<'a>(&'a ConnCaps);
+
+impl Parked<'_> {
+    fn count(caps: &ConnCaps) -> Parked<'_> {
+        caps.parked.fetch_add(1, Ordering::Relaxed);
+        Parked(caps)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Drives one HTTP session under the idle watcher until it ends. Returns true when it ended
+/// because the watcher parked it: `shutdown` was called with `info.parking` set, so hyper
+/// finished without closing the socket.
+async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    shutdown: impl Fn(Pin<&mut C>),
+    info: &ConnInfo,
+    shared: &Shared,
+    limits: WatchLimits,
+) -> bool
+where
+    C: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    // The connection's state (and with it the rule that applies) changes between wake-ups, so
+    // the watcher never sleeps longer than the shortest limit.
+    let nap = limits
+        .header
+        .min(limits.header_idle)
+        .min(limits.idle)
+        .min(limits.stall)
+        .min(limits.park.unwrap_or(Duration::MAX));
+    let watch = tokio::time::sleep(nap);
+    tokio::pin!(watch);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    return false;
+                }
+                return closing && info.parking.load(Ordering::Relaxed);
+            }
+            _ = shared.drain.cancelled(), if !closing => {
+                closing = true;
+                shutdown(conn.as_mut());
+            }
+            _ = watch.as_mut(), if !closing => match info.watch(limits, Instant::now()) {
+                Watch::Until(deadline) => watch.as_mut().reset(deadline.min(Instant::now() + nap)),
+                Watch::Idle => {
+                    closing = true;
+                    shutdown(conn.as_mut());
+                }
+                Watch::Park => {
+                    closing = true;
+                    info.parking.store(true, Ordering::Relaxed);
+                    shutdown(conn.as_mut());
+                }
+                verdict => {
+                    tracing::debug!(peer = %info.peer, ?verdict, "closing connection");
+                    return false;
+                }
+            },
+            _ = shared.hard_stop.cancelled() => return false,
+        }
+    }
+}
+
+/// The transport as hyper sees it: records the time of every read and write for the idle
+/// watcher, first returns `prefix` (bytes an earlier session had read ahead), and leaves the
+/// socket open when a session is parked.
+struct Watched<I> {
+    io: I,
+    info: Arc<ConnInfo>,
+    prefix: Bytes,
+}
+
+impl<I> Watched<I> {
+    fn new(io: I, info: Arc<ConnInfo>, prefix: Bytes) -> Watched<I> {
+        Watched { io, info, prefix }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            // (counted as received when first read)
+            self.info.head_progress(n as u64);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.info
+                .read_progress((buf.filled().len() - before) as u64);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.write_progress();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.info.write_progress();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.info.parking.load(Ordering::Relaxed) {
+            // a parked session ends here; the connection goes on
+            return Pin::new(&mut self.io).poll_flush(cx);
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
