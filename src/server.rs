@@ -76,6 +76,10 @@ pub struct ConnInfo {
     received_into: Option<prometheus_client::metrics::counter::Counter>,
     /// Set while an idle HTTP/1.1 session is being parked: its end leaves the socket open.
     parking: AtomicBool,
+    /// hyper's last read found nothing (it waits for the client)...
+    read_waiting: AtomicBool,
+    /// ...and everything it wrote is flushed: together, an HTTP/1.1 session between requests.
+    unflushed: AtomicBool,
 }
 
 impl Drop for ConnInfo {
@@ -131,8 +135,17 @@ impl ConnInfo {
             received: AtomicU64::new(0),
             received_into: None,
             parking: AtomicBool::new(false),
+            read_waiting: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
             epoch: Instant::now(),
         }
+    }
+
+    /// Whether hyper waits for the client's next request with nothing left to write: the
+    /// only state in which its session may be parked (not one it is closing, nor one still
+    /// flushing a response or reading a body nobody wanted).
+    fn session_idle(&self) -> bool {
+        self.read_waiting.load(Ordering::Relaxed) && !self.unflushed.load(Ordering::Relaxed)
     }
 
     /// When the connection last read or wrote.
@@ -191,9 +204,10 @@ impl ConnInfo {
             (last + limits.stall, Watch::Stalled)
         } else {
             match self.head_since.load(Ordering::Relaxed) {
+                // (parked, or not parkable for client_idle: closed)
                 0 => match limits.park.filter(|p| *p < limits.idle) {
-                    Some(park) => (last + park, Watch::Park),
-                    None => (last + limits.idle, Watch::Idle),
+                    Some(park) if now < last + limits.idle => (last + park, Watch::Park),
+                    _ => (last + limits.idle, Watch::Idle),
                 },
                 since => {
                     // a head: a ceiling; once it has begun to arrive, also a longest pause
@@ -747,6 +761,9 @@ mod tests {
         assert!(matches!(c.watch(parking, at(&c, 1)), Watch::Until(_)));
         c.request_finished();
         assert_eq!(c.watch(parking, at(&c, 1)), Watch::Park);
+        // a session that never became parkable (a response flushing to a client that does not
+        // read) is still closed after client_idle
+        assert_eq!(c.watch(parking, at(&c, 80)), Watch::Idle);
         // without parking (HTTP/2), or with a park delay past client_idle, only the idle rule
         assert!(matches!(c.watch(LIMITS, at(&c, 1)), Watch::Until(_)));
         let late = WatchLimits {

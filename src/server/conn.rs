@@ -242,7 +242,11 @@ fn serve_h1<'a, I: ClientIo>(
             // (none when the connection was upgraded: it has become a tunnel)
             match parked.then(|| take_back(*conn)).flatten() {
                 Some((back, ahead)) => (io, prefix) = (back, ahead),
-                None => return,
+                None => {
+                    // a tunnel may hold the socket now: its shutdown must be a real one
+                    info.parking.store(false, Ordering::Relaxed);
+                    return;
+                }
             }
             if prefix.is_empty()
                 && !io.has_pending()
@@ -269,10 +273,11 @@ where
 {
     let parts = conn.into_parts()?;
     let watched = parts.io.into_inner();
+    // (hyper's buffer first: it read the prefix before the socket)
     let prefix = if watched.prefix.is_empty() && parts.read_buf.is_empty() {
         Bytes::new()
     } else {
-        Bytes::from([watched.prefix, parts.read_buf].concat())
+        Bytes::from([parts.read_buf, watched.prefix].concat())
     };
     Some((watched.io, prefix))
 }
@@ -350,12 +355,14 @@ where
 {
     // The connection's state (and with it the rule that applies) changes between wake-ups, so
     // the watcher never sleeps longer than the shortest limit.
-    let nap = limits
+    let busy_nap = limits
         .header
         .min(limits.header_idle)
         .min(limits.idle)
-        .min(limits.stall)
-        .min(limits.park.unwrap_or(Duration::MAX));
+        .min(limits.stall);
+    // (between requests, often enough to park on time; a long request in flight, a download
+    // or a long poll, is not woken for it)
+    let nap = busy_nap.min(limits.park.unwrap_or(Duration::MAX));
     let watch = tokio::time::sleep(nap);
     tokio::pin!(watch);
     let mut closing = false;
@@ -373,15 +380,31 @@ where
                 shutdown(conn.as_mut());
             }
             _ = watch.as_mut(), if !closing => match info.watch(limits, Instant::now()) {
-                Watch::Until(deadline) => watch.as_mut().reset(deadline.min(Instant::now() + nap)),
+                Watch::Until(deadline) => {
+                    let cap = if info.in_flight.load(Ordering::Relaxed) > 0 { busy_nap } else { nap };
+                    watch.as_mut().reset(deadline.min(Instant::now() + cap));
+                }
                 Watch::Idle => {
                     closing = true;
                     shutdown(conn.as_mut());
                 }
+                // hyper not between requests (a response still flushing to a slow reader, or a
+                // close it decided on): look again later
+                Watch::Park if !info.session_idle() => watch.as_mut().reset(Instant::now() + nap),
                 Watch::Park => {
                     closing = true;
                     info.parking.store(true, Ordering::Relaxed);
                     shutdown(conn.as_mut());
+                    // an idle session ends on this very poll; one that does not was busy after
+                    // all, and closes as hyper decided
+                    match std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+                        Poll::Ready(Ok(())) => return true,
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                            return false;
+                        }
+                        Poll::Pending => info.parking.store(false, Ordering::Relaxed),
+                    }
                 }
                 verdict => {
                     tracing::debug!(peer = %info.peer, ?verdict, "closing connection");
@@ -406,6 +429,18 @@ impl<I> Watched<I> {
     fn new(io: I, info: Arc<ConnInfo>, prefix: Bytes) -> Watched<I> {
         Watched { io, info, prefix }
     }
+
+    /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.info.write_progress();
+                self.info.unflushed.store(true, Ordering::Relaxed);
+            }
+            Poll::Pending => self.info.unflushed.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -424,6 +459,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.info
+            .read_waiting
+            .store(r.is_pending(), Ordering::Relaxed);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.info
                 .read_progress((buf.filled().len() - before) as u64);
@@ -439,9 +477,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.write_progress();
-        }
+        self.wrote(&r);
         r
     }
 
@@ -451,9 +487,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.info.write_progress();
-        }
+        self.wrote(&r);
         r
     }
 
@@ -462,7 +496,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.info.unflushed.store(false, Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
