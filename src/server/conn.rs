@@ -176,6 +176,24 @@ async fn may_be_h2c(tcp: &TcpStream, limits: WatchLimits, shared: &Shared) -> Op
     Some(H2_PREFACE.starts_with(&first[..n]))
 }
 
+/// A connection's service: each request on the config current when it starts.
+fn service(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Logged>,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + Unpin
+       + 'static {
+    let (shared, info) = (shared.clone(), info.clone());
+    service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
+}
+
 /// Answers a request on the config current when it starts.
 async fn respond(
     live: Arc<Live>,
@@ -194,10 +212,7 @@ async fn serve_auto<I: ClientIo>(
     live: &ConnSettings,
 ) {
     let io = TokioIo::new(Watched::new(io, info.clone(), Bytes::new()));
-    let svc = {
-        let (shared, info) = (shared.clone(), info.clone());
-        service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
-    };
+    let svc = service(&shared, &info);
     // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
     let conn = live.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -219,10 +234,7 @@ fn serve_h1<'a, I: ClientIo>(
     live: &'a ConnSettings,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        let svc = {
-            let (shared, info) = (shared.clone(), info.clone());
-            service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
-        };
+        let svc = service(&shared, &info);
         let limits = WatchLimits {
             park: Some(PARK_AFTER),
             ..live.watch
@@ -230,9 +242,9 @@ fn serve_h1<'a, I: ClientIo>(
         let mut prefix = Bytes::new();
         loop {
             info.parking.store(false, Ordering::Relaxed);
-            let mut conn = h1_session(&live.h1, io, info.clone(), prefix, svc.clone());
+            let mut session = H1Session::start(&live.h1, io, info.clone(), prefix, svc.clone());
             let parked = drive(
-                Pin::new(&mut *conn),
+                Pin::new(&mut *session.0),
                 |c| c.graceful_shutdown(),
                 &info,
                 &shared,
@@ -240,7 +252,7 @@ fn serve_h1<'a, I: ClientIo>(
             )
             .await;
             // (none when the connection was upgraded: it has become a tunnel)
-            match parked.then(|| take_back(*conn)).flatten() {
+            match parked.then(|| session.take_back()).flatten() {
                 Some((back, ahead)) => (io, prefix) = (back, ahead),
                 None => {
                     // a tunnel may hold the socket now: its shutdown must be a real one
@@ -258,39 +270,13 @@ fn serve_h1<'a, I: ClientIo>(
     }
 }
 
-/// The socket back from a parked session, with what hyper had read of a next request after
-/// anything it had not read yet (copied: hyper's read buffer, 8 KiB or more, is let go even
-/// when it holds a few bytes); `None` when the connection was upgraded.
-fn take_back<I, S, B>(
-    conn: http1::UpgradeableConnection<TokioIo<Watched<I>>, S>,
-) -> Option<(I, Bytes)>
-where
-    I: ClientIo,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let parts = conn.into_parts()?;
-    let watched = parts.io.into_inner();
-    // (hyper's buffer first: it read the prefix before the socket)
-    let prefix = if watched.prefix.is_empty() && parts.read_buf.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::from([parts.read_buf, watched.prefix].concat())
-    };
-    Some((watched.io, prefix))
-}
+/// An HTTP/1.1 session on a client connection (boxed: while parked, the connection's task
+/// holds only the socket).
+struct H1Session<I: ClientIo, S: hyper::service::HttpService<Incoming>>(
+    Box<http1::UpgradeableConnection<TokioIo<Watched<I>>, S>>,
+);
 
-/// A new HTTP/1.1 session on `io`, boxed: while parked, the connection's task holds only
-/// the socket. (Not async: a temporary here would otherwise take room in the task.)
-fn h1_session<I, S, B>(
-    builder: &http1::Builder,
-    io: I,
-    info: Arc<ConnInfo>,
-    prefix: Bytes,
-    svc: S,
-) -> Box<http1::UpgradeableConnection<TokioIo<Watched<I>>, S>>
+impl<I, S, B> H1Session<I, S>
 where
     I: ClientIo,
     S: hyper::service::HttpService<Incoming, ResBody = B>,
@@ -298,8 +284,27 @@ where
     B: hyper::body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let io = TokioIo::new(Watched::new(io, info, prefix));
-    Box::new(builder.serve_connection(io, svc).with_upgrades())
+    /// A new session on `io`, `prefix` read first. (Not async: a temporary here would
+    /// otherwise take room in the task.)
+    fn start(builder: &http1::Builder, io: I, info: Arc<ConnInfo>, prefix: Bytes, svc: S) -> Self {
+        let io = TokioIo::new(Watched::new(io, info, prefix));
+        H1Session(Box::new(builder.serve_connection(io, svc).with_upgrades()))
+    }
+
+    /// The socket back from a parked session, with what hyper had read of a next request
+    /// after anything it had not read yet (copied: hyper's read buffer, 8 KiB or more, is
+    /// let go even when it holds a few bytes); `None` when the connection was upgraded.
+    fn take_back(self) -> Option<(I, Bytes)> {
+        let parts = self.0.into_parts()?;
+        let watched = parts.io.into_inner();
+        // (hyper's buffer first: it read the prefix before the socket)
+        let prefix = if watched.prefix.is_empty() && parts.read_buf.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from([parts.read_buf, watched.prefix].concat())
+        };
+        Some((watched.io, prefix))
+    }
 }
 
 /// A parked connection: waits, holding only the socket, for the client to send again.
@@ -321,6 +326,14 @@ async fn park<I: ClientIo>(
     }
     let _ = tokio::time::timeout(CLOSE_WAIT, tokio::io::AsyncWriteExt::shutdown(io)).await;
     false
+}
+
+/// Whether a session ended cleanly (an error is logged).
+fn ended<E: Display>(r: Result<(), E>, info: &ConnInfo) -> bool {
+    if let Err(e) = &r {
+        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+    r.is_ok()
 }
 
 /// Counts a connection as parked while it lives.
@@ -368,13 +381,7 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
-                    return false;
-                }
-                return closing && info.parking.load(Ordering::Relaxed);
-            }
+            r = conn.as_mut() => return ended(r, info) && closing && info.parking.load(Ordering::Relaxed),
             _ = shared.drain.cancelled(), if !closing => {
                 closing = true;
                 shutdown(conn.as_mut());
@@ -398,11 +405,7 @@ where
                     // an idle session ends on this very poll; one that does not was busy after
                     // all, and closes as hyper decided
                     match std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
-                        Poll::Ready(Ok(())) => return true,
-                        Poll::Ready(Err(e)) => {
-                            tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
-                            return false;
-                        }
+                        Poll::Ready(r) => return ended(r, info),
                         Poll::Pending => info.parking.store(false, Ordering::Relaxed),
                     }
                 }

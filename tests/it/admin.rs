@@ -1,19 +1,7 @@
 //! The admin API beyond reload: /metrics (valid OpenMetrics text whose counters agree with
 //! what a client did), /upstreams and /certs.
 
-use crate::support::{Client, Proto, TestServer, Upstream};
-
-/// The value of the sample `name{labels}` (labels as they appear, in order), if present.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{labels}}} ")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
+use crate::support::{sample, Client, Proto, TestServer, Upstream};
 
 async fn scrape(admin: &mut Client) -> String {
     let r = admin.get("admin", "/metrics").await;

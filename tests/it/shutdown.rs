@@ -206,13 +206,18 @@ async fn shutdown_closes_idle_keepalive_connections() {
     usher.stop().await;
 }
 
-/// Reads `usher_connections_parked` from /metrics.
-async fn parked(admin: &mut Client) -> u32 {
-    let text = admin.get("admin", "/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("usher_connections_parked "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parked gauge in\n{text}"))
+/// Waits (bounded) until /metrics counts `n` parked connections.
+async fn until_parked(admin: &mut Client, n: f64, what: &str) {
+    let deadline = tokio::time::Instant::now() + crate::support::STEP;
+    loop {
+        let text = admin.get("admin", "/metrics").await.text();
+        let parked = crate::support::sample(&text, "usher_connections_parked", "");
+        if parked == Some(n) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {parked:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// An idle HTTP/1.1 connection, plain or TLS, is parked: it lets its HTTP session go and
@@ -238,20 +243,12 @@ async fn idle_http1_connections_are_parked_and_serve_again() {
     assert_eq!(tls.get("tls.test", "/b").await.text(), "app /b");
     assert_eq!(h2.get("tls.test", "/c").await.text(), "app /c");
     let mut admin = Client::plain(usher.admin(), Proto::H1).await;
-    let deadline = tokio::time::Instant::now() + crate::support::STEP;
-    while parked(&mut admin).await != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "never parked");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_parked(&mut admin, 2.0, "never parked").await;
     // parked, they answer as before: the gauge said 2 while the HTTP/2 connection was open
     assert_eq!(plain.get("app.test", "/d").await.text(), "app /d");
     assert_eq!(tls.get("tls.test", "/e").await.text(), "app /e");
     assert_eq!(h2.get("tls.test", "/f").await.text(), "app /f");
-    let deadline = tokio::time::Instant::now() + crate::support::STEP;
-    while parked(&mut admin).await != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "not parked again");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_parked(&mut admin, 2.0, "not parked again").await;
     drop(admin);
     // The grace period is 60 s and `stop` is bounded by 10 s: it returns only because the
     // parked connections (and the idle HTTP/2 one) were closed at once.

@@ -29,6 +29,19 @@ pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// The value of the metrics sample `name{labels}` (labels as they appear, in order), if
+/// present in `text` (a /metrics page).
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Polls `cond` every 50 ms until it holds, failing the test with `what` after [`STEP`]: for
 /// behaviour that happens in the background (a retry, a log line), never as a fixed sleep.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
