@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
 
 use crate::config::AccessLogFormat;
+use crate::headers::push_ip;
 use crate::metrics::RouteMetrics;
 use crate::server::ConnInfo;
 
@@ -74,24 +75,6 @@ fn push_padded(out: &mut Vec<u8>, n: u32) {
         b'0' + (n / 10 % 10) as u8,
         b'0' + (n % 10) as u8,
     ]);
-}
-
-/// Appends a client address; an IPv4 one without the formatting machinery.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// A handle for appending log lines; cheap to clone.

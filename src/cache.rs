@@ -33,6 +33,8 @@ const HEADER_ESTIMATE: usize = 768;
 /// The `Cache-Status` cache name.
 const NAME: &str = "usher";
 
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 /// A stored response.
 #[derive(Debug)]
 pub struct Entry {
@@ -246,10 +248,10 @@ impl Cache {
         key: &str,
         parts: &http::request::Parts,
     ) -> Option<http::Response<Bytes>> {
-        if parts.headers.contains_key(header::CACHE_CONTROL)
-            || parts.headers.contains_key(header::PRAGMA)
-            || parts.headers.contains_key(header::AUTHORIZATION)
-        {
+        const DIRECTIVES: [HeaderName; 3] =
+            [header::CACHE_CONTROL, header::PRAGMA, header::AUTHORIZATION];
+        // one look at each name (standard names compare as numbers) instead of three lookups
+        if parts.headers.keys().any(|k| DIRECTIVES.contains(k)) {
             return None;
         }
         let e = self.store.get(key)?;
@@ -260,7 +262,14 @@ impl Cache {
         let mut headers = e.headers.clone();
         headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
         let mut resp = e.build(headers, parts);
-        set_status(resp.headers_mut(), &format!("hit; ttl={}", left.as_secs()));
+        // `usher; hit; ttl=N`, pieced together without the formatting machinery
+        let mut status = Vec::with_capacity(32);
+        status.extend_from_slice(NAME.as_bytes());
+        status.extend_from_slice(b"; hit; ttl=");
+        status.extend_from_slice(itoa::Buffer::new().format(left.as_secs()).as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
+            resp.headers_mut().insert(CACHE_STATUS, v);
+        }
         self.count(HIT);
         Some(resp)
     }
@@ -282,7 +291,7 @@ impl Cache {
     ) -> Arc<str> {
         let mut k = String::with_capacity(64);
         k.push_str(if tls { "https://" } else { "http://" });
-        k.push_str(&host.to_ascii_lowercase());
+        k.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         k.push_str(parts.uri.path());
         if let (Some(q), false) = (parts.uri.query(), route.ignore_query) {
             k.push('?');
@@ -770,6 +779,6 @@ fn client_validator_matches(req: &http::request::Parts, stored: &HeaderMap) -> b
 /// Sets `Cache-Status: usher; DETAIL`.
 pub fn set_status(headers: &mut HeaderMap, detail: &str) {
     if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {detail}")) {
-        headers.insert(HeaderName::from_static("cache-status"), v);
+        headers.insert(CACHE_STATUS, v);
     }
 }

@@ -33,24 +33,38 @@ pub fn list_items(
 /// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only; `Proxy-Connection`
 /// is a legacy Connection).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The common case, a request with none of them, costs one probe per name and no allocation.
+    // The common case, a request with none of them, costs one look at each name (comparing
+    // standard names is comparing numbers) and no hashing or allocation.
+    if !headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || is_proxy(k))
+    {
+        return;
+    }
+    // The usual tokens (keep-alive, close, upgrade) name nothing beyond the fixed list, so
+    // this rarely allocates.
     let named: Vec<HeaderName> = list_items(headers, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !HOP_BY_HOP.contains(n) && n.as_str() != "close")
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
+    if headers.keys().any(is_proxy) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| is_proxy(k)).cloned().collect();
         for name in proxy {
             headers.remove(name);
         }
     }
 }
+
+fn is_proxy(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Sets the X-Forwarded-* headers on a request going upstream: `X-Forwarded-For` gets the
 /// client address appended (earlier proxies' entries are kept, all in one field),
@@ -62,30 +76,59 @@ pub fn set_forwarded(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let mut value = String::with_capacity(48);
-    for prior in headers.get_all(&xff) {
+    let mut value = Vec::with_capacity(48);
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = prior.to_str() {
-            value.push_str(s);
-            value.push_str(", ");
+            value.extend_from_slice(s.as_bytes());
+            value.extend_from_slice(b", ");
         }
     }
-    use std::fmt::Write;
-    let _ = write!(value, "{client}");
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
+    push_ip(&mut value, client);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    let xfh = HeaderName::from_static("x-forwarded-host");
     match host {
         Some(h) => {
-            headers.insert(xfh, h.clone());
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
         None => {
-            headers.remove(xfh);
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Appends an address as text; an IPv4 one without the formatting machinery.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            // at most 15 bytes, put together here and appended at once
+            let mut text = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            out.extend_from_slice(&text[..n]);
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -155,6 +198,35 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn a_map_without_hop_by_hop_headers_is_left_alone() {
+        let mut h = map(&[("host", "a"), ("accept", "*/*"), ("x-proxyish", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
+        let mut h = map(&[("connection", "keep-alive"), ("content-length", "5")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["content-length"], "5");
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.0.2.7",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = b"x ".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x {ip}").into_bytes());
+        }
     }
 
     #[test]

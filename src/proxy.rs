@@ -264,7 +264,7 @@ impl Proxy {
                 let stripped = route
                     .strip_prefix
                     .then(|| rest_of_path(route, &path).to_owned());
-                forward(self, pool, route, req, stripped, conn, tail).await
+                Box::pin(forward(self, pool, route, req, stripped, conn, tail)).await
             }
         }
     }
