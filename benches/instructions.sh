@@ -33,6 +33,7 @@ access_log = "text"
 [[site]]
 names = ["127.0.0.1"]
 default = true
+http_redirect = false        # else every plain request is answered with a redirect to https
 
 [[site.route]]
 path = "/static/"
@@ -45,6 +46,8 @@ CONF
 
 # count PATH N -> callgrind_annotate's per-function table for startup + N requests
 count() {
+  # one worker thread, as the load comparison runs usher (a current-thread runtime)
+  TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" target/release/usher run \
     --config "$WORK/proxy.toml" >/dev/null 2>"$WORK/valgrind.log" &
   VP=$!
