@@ -262,14 +262,7 @@ impl Cache {
         let mut headers = e.headers.clone();
         headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
         let mut resp = e.build(headers, parts);
-        // `usher; hit; ttl=N`, pieced together without the formatting machinery
-        let mut status = Vec::with_capacity(32);
-        status.extend_from_slice(NAME.as_bytes());
-        status.extend_from_slice(b"; hit; ttl=");
-        status.extend_from_slice(itoa::Buffer::new().format(left.as_secs()).as_bytes());
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
-            resp.headers_mut().insert(CACHE_STATUS, v);
-        }
+        set_status_ttl(resp.headers_mut(), "hit; ttl=", left.as_secs(), "");
         self.count(HIT);
         Some(resp)
     }
@@ -533,7 +526,7 @@ impl Cache {
         }
         let mut resp = entry.respond_stale(&pending.request);
         let ttl = entry.policy.time_to_live(SystemTime::now()).as_secs();
-        set_status(resp.headers_mut(), &format!("fwd=miss; stored; ttl={ttl}"));
+        set_status_ttl(resp.headers_mut(), "fwd=miss; stored; ttl=", ttl, "");
         resp
     }
 
@@ -661,7 +654,7 @@ impl Entry {
         let ttl = self.policy.time_to_live(SystemTime::now()).as_secs();
         let mut resp = self.build(head.headers, req);
         let detail = if from_disk { "; detail=disk" } else { "" };
-        set_status(resp.headers_mut(), &format!("hit; ttl={ttl}{detail}"));
+        set_status_ttl(resp.headers_mut(), "hit; ttl=", ttl, detail);
         resp
     }
 
@@ -778,7 +771,21 @@ fn client_validator_matches(req: &http::request::Parts, stored: &HeaderMap) -> b
 
 /// Sets `Cache-Status: usher; DETAIL`.
 pub fn set_status(headers: &mut HeaderMap, detail: &str) {
-    if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {detail}")) {
+    set_status_ttl(headers, detail, None, "");
+}
+
+/// Sets `Cache-Status: usher; BEFORE[TTL]AFTER`, pieced together without the formatting
+/// machinery (it is on every cache hit).
+fn set_status_ttl(headers: &mut HeaderMap, before: &str, ttl: impl Into<Option<u64>>, after: &str) {
+    let mut value = Vec::with_capacity(NAME.len() + 2 + before.len() + 20 + after.len());
+    value.extend_from_slice(NAME.as_bytes());
+    value.extend_from_slice(b"; ");
+    value.extend_from_slice(before.as_bytes());
+    if let Some(ttl) = ttl.into() {
+        value.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
+    }
+    value.extend_from_slice(after.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(CACHE_STATUS, v);
     }
 }

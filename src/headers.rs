@@ -50,11 +50,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers.keys().any(is_proxy) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|k| is_proxy(k)).cloned().collect();
-        for name in proxy {
-            headers.remove(name);
-        }
+    // (empty, and so not allocated, without Proxy-* headers)
+    let proxy: Vec<HeaderName> = headers.keys().filter(|k| is_proxy(k)).cloned().collect();
+    for name in proxy {
+        headers.remove(name);
     }
 }
 
@@ -215,11 +214,13 @@ mod tests {
     fn addresses_are_written_as_std_writes_them() {
         for ip in [
             "0.0.0.0",
+            "10.20.3.4",
             "9.10.99.100",
             "127.0.0.1",
             "255.255.255.255",
             "192.0.2.7",
             "::1",
+            "2001:db8::7",
             "2001:db8::8:800:200c:417a",
         ] {
             let ip: IpAddr = ip.parse().unwrap();

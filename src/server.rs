@@ -199,7 +199,7 @@ impl ConnInfo {
 
     fn watch(&self, limits: WatchLimits, now: Instant) -> Watch {
         let ms = |v: u64| self.epoch + Duration::from_millis(v);
-        let last = ms(self.last_active.load(Ordering::Relaxed));
+        let last = self.last_active_at();
         let (deadline, verdict) = if self.in_flight.load(Ordering::Relaxed) > 0 {
             (last + limits.stall, Watch::Stalled)
         } else {
@@ -476,9 +476,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        // No header_read_timeout: hyper's also runs while a keep-alive connection waits for its
-        // next request, which would cap client_idle at client_header. The connection watcher
-        // enforces both.
+        // (no header_read_timeout: see http1_builder)
         .max_buf_size(config.limits.max_header_size)
         .max_headers(config.limits.max_headers);
     builder

@@ -216,11 +216,7 @@ async fn serve_auto<I: ClientIo>(
     // with upgrades: WebSocket and other Upgrade requests become tunnels (proxy.rs)
     let conn = live.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let limits = WatchLimits {
-        park: None,
-        ..live.watch
-    };
-    drive(conn, |c| c.graceful_shutdown(), &info, &shared, limits).await;
+    drive(conn, |c| c.graceful_shutdown(), &info, &shared, live.watch).await;
 }
 
 /// HTTP/1.1: sessions on hyper's builder, parked in between when the client pauses.
@@ -353,8 +349,8 @@ impl Drop for Parked<'_> {
 }
 
 /// Drives one HTTP session under the idle watcher until it ends. Returns true when it ended
-/// because the watcher parked it: `shutdown` was called with `info.parking` set, so hyper
-/// finished without closing the socket.
+/// because the watcher parked it: `shutdown` was called with `info.parking` set and the
+/// session ended on the very next poll, so hyper finished without closing the socket.
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     shutdown: impl Fn(Pin<&mut C>),
@@ -381,7 +377,10 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
-            r = conn.as_mut() => return ended(r, info) && closing && info.parking.load(Ordering::Relaxed),
+            r = conn.as_mut() => {
+                ended(r, info);
+                return false;
+            }
             _ = shared.drain.cancelled(), if !closing => {
                 closing = true;
                 shutdown(conn.as_mut());
