@@ -98,6 +98,45 @@ impl HttpBody for Body {
     }
 }
 
+/// A client's request body: hyper's, or none (the HTTP/1.1 fast path in `server/h1.rs` takes
+/// only requests without one).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// The body as hyper reads it.
+    Hyper(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// An upstream response body that hands its connection back to the pool once read to the end,
 /// and gives up on an upstream that stalls: no data for `read_timeout` ends the body with an
 /// error (the client sees the response cut) and closes the upstream connection.

@@ -25,10 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{BoxError, UpstreamBody};
+use crate::body::{BoxError, ClientBody, UpstreamBody};
 use crate::config::{Buffering, Timeouts};
 use crate::error::ProxyError;
 
@@ -161,7 +160,7 @@ fn too_large(limit: u64) -> ProxyError {
 /// `client_body_max` in all: 408. More than `max_size` bytes (declared or sent): 413. A
 /// malformed or cut-off body (bad chunk sizes, fewer bytes than declared): 400.
 pub async fn read_request(
-    mut body: Incoming,
+    mut body: ClientBody,
     max_size: u64,
     buffers: &Arc<Buffers>,
     timeouts: &Timeouts,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! connection: accept (TCP_NODELAY) -> TLS handshake (SNI -> CertResolver, timeout)
-//!             -> hyper-util auto (HTTP/1.1 + h2, header timeout) -> idle watcher, drain
+//!             -> HTTP/1.1 (bodyless: server/h1.rs; the rest: hyper) or h2 (hyper-util auto)
+//!             -> idle watcher, drain
 //! request:    Proxy::handle -> try_handle:
 //!   1. ACME HTTP-01 challenge?            -> answer it
 //!   2. rate limit, target length -> routes snapshot -> site by Host -> route by prefix

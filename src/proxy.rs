@@ -14,11 +14,10 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LogTail};
 use crate::acme::Challenges;
-use crate::body::{Body, Logged, UpstreamBody};
+use crate::body::{Body, ClientBody, Logged, UpstreamBody};
 use crate::buffer::{self, Buffers};
 use crate::cache::{self, After, Cache, Lookup};
 use crate::config::{BodyPolicy, Config, Timeouts};
@@ -149,7 +148,7 @@ impl Proxy {
     }
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Logged> {
+    pub async fn handle(&self, req: Request<ClientBody>, conn: Arc<ConnInfo>) -> Response<Logged> {
         let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
         let accept = self
             .compression
@@ -187,7 +186,7 @@ impl Proxy {
 
     async fn try_handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: &Arc<ConnInfo>,
         tail: &mut LogTail,
     ) -> Result<Response<Body>, ProxyError> {
@@ -285,7 +284,7 @@ async fn forward(
     proxy: &Proxy,
     pool: &Arc<Pool>,
     route: &RouteEntry,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     stripped: Option<String>,
     conn: &Arc<ConnInfo>,
     tail: &mut LogTail,
@@ -559,7 +558,7 @@ async fn request_body(
     proxy: &Proxy,
     policy: BodyPolicy,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<ReqBody, ProxyError> {
     if body.is_end_stream() {
         return Ok(ReqBody::Empty);

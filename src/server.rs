@@ -34,6 +34,7 @@ use crate::proxy::Proxy;
 use crate::tls::SiteCerts;
 
 mod conn;
+mod h1;
 mod reload;
 mod scrape;
 
@@ -307,6 +308,8 @@ struct ConnSettings {
     builder: auto::Builder<TokioExecutor>,
     /// HTTP/1.1.
     h1: http1::Builder,
+    /// Request head limits of the HTTP/1.1 fast path (hyper's are in `h1`).
+    head: h1::HeadLimits,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     watch: WatchLimits,
@@ -317,6 +320,10 @@ impl ConnSettings {
         Arc::new(ConnSettings {
             builder: http_builder(config),
             h1: http1_builder(config),
+            head: h1::HeadLimits {
+                max_size: config.limits.max_header_size,
+                max_headers: config.limits.max_headers,
+            },
             tls,
             handshake_timeout: config.timeouts.tls_handshake,
             watch: WatchLimits::new(config),

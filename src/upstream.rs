@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::ClientBody;
 use crate::buffer::SpooledBody;
 use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -41,7 +42,7 @@ impl Loads for [Arc<Member>] {
 #[derive(Debug)]
 pub enum ReqBody {
     /// The client's body, streamed as it arrives (buffering off for the route).
-    Client(Incoming),
+    Client(ClientBody),
     /// The client's body, read whole first; it can be sent again.
     Buffered(SpooledBody),
     /// No body.

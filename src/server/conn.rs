@@ -26,9 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, Ended};
 use super::{CapSlot, ConnCaps, ConnInfo, ConnSettings, Live, Shared, Watch, WatchLimits};
 use crate::acme::ACME_TLS_ALPN;
-use crate::body::Logged;
+use crate::body::{ClientBody, Logged};
 
 /// How long an HTTP/1.1 connection sits idle before it is parked: long enough that a client
 /// sending request after request keeps its session, short enough that thousands of idle
@@ -200,7 +201,7 @@ async fn respond(
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Logged>, std::convert::Infallible> {
-    Ok(live.proxy.handle(req, info).await)
+    Ok(live.proxy.handle(req.map(ClientBody::Hyper), info).await)
 }
 
 /// HTTP/2, or HTTP/1.1 that began like the h2c preface: hyper-util's auto builder, one
@@ -219,7 +220,8 @@ async fn serve_auto<I: ClientIo>(
     drive(conn, |c| c.graceful_shutdown(), &info, &shared, live.watch).await;
 }
 
-/// HTTP/1.1: sessions on hyper's builder, parked in between when the client pauses.
+/// HTTP/1.1: sessions of the fast path (h1.rs), or on hyper's builder for what it does not
+/// take, parked in between when the client pauses.
 // Not an async fn: an async block uses its captures in place, where an async fn's body
 // copies its arguments into locals, and the socket (1.2 KiB with TLS) would be held twice.
 #[allow(clippy::manual_async_fn)]
@@ -230,7 +232,6 @@ fn serve_h1<'a, I: ClientIo>(
     live: &'a ConnSettings,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        let svc = service(&shared, &info);
         let limits = WatchLimits {
             park: Some(PARK_AFTER),
             ..live.watch
@@ -238,22 +239,18 @@ fn serve_h1<'a, I: ClientIo>(
         let mut prefix = Bytes::new();
         loop {
             info.parking.store(false, Ordering::Relaxed);
-            let mut session = H1Session::start(&live.h1, io, info.clone(), prefix, svc.clone());
-            let parked = drive(
-                Pin::new(&mut *session.0),
-                |c| c.graceful_shutdown(),
-                &info,
-                &shared,
-                limits,
-            )
-            .await;
-            // (none when the connection was upgraded: it has become a tunnel)
-            match parked.then(|| session.take_back()).flatten() {
-                Some((back, ahead)) => (io, prefix) = (back, ahead),
-                None => {
-                    // a tunnel may hold the socket now: its shutdown must be a real one
-                    info.parking.store(false, Ordering::Relaxed);
-                    return;
+            // requests without a body first, without hyper (h1.rs)
+            let mut watched = Watched::new(io, info.clone(), prefix);
+            let (ended, unread) = h1::serve(&mut watched, &info, &shared, live.head, limits).await;
+            (io, prefix) = watched.into_parts(unread);
+            match ended {
+                Ended::Closed => return,
+                Ended::Parked => {}
+                Ended::Handoff => {
+                    match hyper_session(io, prefix, &info, &shared, live, limits).await {
+                        Some(back) => (io, prefix) = back,
+                        None => return,
+                    }
                 }
             }
             if prefix.is_empty()
@@ -263,6 +260,39 @@ fn serve_h1<'a, I: ClientIo>(
                 return;
             }
         }
+    }
+}
+
+/// A hyper session on an HTTP/1.1 connection, until the watcher parks it. Returns the socket
+/// and what was read ahead of the next request, or `None` when the connection is done.
+// (not an async fn, for the reason given at serve_h1)
+#[allow(clippy::manual_async_fn)]
+fn hyper_session<'a, I: ClientIo>(
+    io: I,
+    prefix: Bytes,
+    info: &'a Arc<ConnInfo>,
+    shared: &'a Arc<Shared>,
+    live: &'a ConnSettings,
+    limits: WatchLimits,
+) -> impl Future<Output = Option<(I, Bytes)>> + Send + 'a {
+    async move {
+        let svc = service(shared, info);
+        let mut session = H1Session::start(&live.h1, io, info.clone(), prefix, svc);
+        let parked = drive(
+            Pin::new(&mut *session.0),
+            |c| c.graceful_shutdown(),
+            info,
+            shared,
+            limits,
+        )
+        .await;
+        // (none when the connection was upgraded: it has become a tunnel)
+        let back = parked.then(|| session.take_back()).flatten();
+        if back.is_none() {
+            // a tunnel may hold the socket now: its shutdown must be a real one
+            info.parking.store(false, Ordering::Relaxed);
+        }
+        back
     }
 }
 
@@ -351,7 +381,7 @@ impl Drop for Parked<'_> {
 /// Drives one HTTP session under the idle watcher until it ends. Returns true when it ended
 /// because the watcher parked it: `shutdown` was called with `info.parking` set and the
 /// session ended on the very next poll, so hyper finished without closing the socket.
-async fn drive<C, E>(
+pub(super) async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     shutdown: impl Fn(Pin<&mut C>),
     info: &ConnInfo,
@@ -421,18 +451,29 @@ where
 /// The transport as hyper sees it: records the time of every read and write for the idle
 /// watcher, first returns `prefix` (bytes an earlier session had read ahead), and leaves the
 /// socket open when a session is parked.
-struct Watched<I> {
+pub(super) struct Watched<I> {
     io: I,
     info: Arc<ConnInfo>,
     prefix: Bytes,
 }
 
 impl<I> Watched<I> {
-    fn new(io: I, info: Arc<ConnInfo>, prefix: Bytes) -> Watched<I> {
+    pub(super) fn new(io: I, info: Arc<ConnInfo>, prefix: Bytes) -> Watched<I> {
         Watched { io, info, prefix }
     }
 
     /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
+    /// The socket back, and what is left to read: `unread` (read from it but not used), then
+    /// the rest of the prefix.
+    pub(super) fn into_parts(self, unread: Bytes) -> (I, Bytes) {
+        let rest = match (unread.is_empty(), self.prefix.is_empty()) {
+            (_, true) => unread,
+            (true, false) => self.prefix,
+            (false, false) => Bytes::from([unread, self.prefix].concat()),
+        };
+        (self.io, rest)
+    }
+
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
             Poll::Ready(Ok(n)) if *n > 0 => {

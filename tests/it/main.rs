@@ -12,6 +12,7 @@ mod caching;
 mod cli;
 mod compression;
 mod deploy;
+mod http1;
 mod proxying;
 mod python_apps;
 mod reload;

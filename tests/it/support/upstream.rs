@@ -115,6 +115,11 @@ impl Upstream {
         }
     }
 
+    /// How many requests this upstream is handling now.
+    pub fn in_progress(&self) -> usize {
+        self.concurrency[0].load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many TCP connections this upstream accepted.
     pub fn connections(&self) -> usize {
         self.concurrency[2].load(std::sync::atomic::Ordering::SeqCst)

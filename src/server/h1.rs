@@ -1,0 +1,656 @@
+//! HTTP/1.1 requests without a body, served without hyper: the head parsed with httparse (as
+//! hyper does), the response head written here, the body written as it comes.
+//!
+//! Most requests a proxy in front of a web app sees are such: GETs for pages, static files and
+//! cached answers. hyper's connection machinery costs about as much CPU as the rest of usher's
+//! work on each of them. Anything this path does not take (a body, Upgrade, Expect, `TE:
+//! trailers`, HTTP/1.0, a head hyper would refuse with 400 or 431) ends the fast session and goes to a hyper session
+//! with the bytes read so far, which answers exactly as it always has.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice, Write as _};
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::Frame;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::conn::{drive, ClientIo, Watched};
+use super::{ConnInfo, Shared, WatchLimits};
+use crate::body::{BoxError, ClientBody};
+
+/// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
+/// which allows `max_headers`. Browsers send about 15.
+const HEADERS: usize = 32;
+
+/// Free room below which the read buffer grows before a read, and by how much.
+const READ_ROOM: usize = 1024;
+const READ_GROW: usize = 4096;
+
+/// Response bytes gathered before they are written: small bodies go out with the head in one
+/// write; a larger piece is written from where it is, after what was gathered.
+const GATHER: usize = 16 * 1024;
+
+/// How a fast session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The connection is done (closed, or dropped by the watcher).
+    Closed,
+    /// Idle, parked by the watcher: the socket stays open for the next request.
+    Parked,
+    /// The buffered request is not for this path: hyper takes the connection over.
+    Handoff,
+}
+
+/// Limits on a request head, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HeadLimits {
+    pub max_size: usize,
+    pub max_headers: usize,
+}
+
+/// Serves requests without a body on `io` until the connection closes, the watcher parks
+/// it, or a request needs hyper. Returns how it ended and the bytes read but not served
+/// (for the hyper session that takes over).
+pub(super) async fn serve<I: ClientIo>(
+    io: &mut Watched<I>,
+    info: &Arc<ConnInfo>,
+    shared: &Shared,
+    head: HeadLimits,
+    limits: WatchLimits,
+) -> (Ended, Bytes) {
+    let stop = AtomicBool::new(false);
+    let mut ended = Ended::Closed;
+    let mut buf = BytesMut::new();
+    {
+        // (boxed: a connection's task keeps only the socket while it is parked)
+        let mut session = Box::pin(async {
+            let r = session(io, &mut buf, &stop, info, shared, head).await;
+            r.map(|e| ended = e)
+        });
+        drive(
+            session.as_mut(),
+            |_| stop.store(true, Ordering::Relaxed),
+            info,
+            shared,
+            limits,
+        )
+        .await;
+    }
+    (ended, buf.freeze())
+}
+
+/// What the bytes read so far hold.
+// (the request is moved once, into the handler: boxing it would cost an allocation)
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// A request this path serves, and whether the client asked to close after it.
+    Request(Request<ClientBody>, bool),
+    /// Not a whole head yet.
+    Partial,
+    /// A request for hyper (or a head it answers with an error).
+    Hyper,
+}
+
+async fn session<I: ClientIo>(
+    io: &mut Watched<I>,
+    buf: &mut BytesMut,
+    stop: &AtomicBool,
+    info: &Arc<ConnInfo>,
+    shared: &Shared,
+    limits: HeadLimits,
+) -> io::Result<Ended> {
+    let mut out = Vec::new();
+    loop {
+        // 1. a request head: what is buffered, then what the client sends
+        let (req, mut close) = loop {
+            if !buf.is_empty() {
+                match parse(buf, limits) {
+                    Parsed::Request(req, close) => break (req, close),
+                    Parsed::Partial if buf.len() < limits.max_size => {}
+                    _ => return Ok(Ended::Handoff),
+                }
+            }
+            if buf.capacity() - buf.len() < READ_ROOM {
+                buf.reserve(READ_GROW);
+            }
+            // asked to stop (a drain, the idle limit, parking): a head begun meanwhile goes to
+            // the next session when parking (its deadline runs from there), else is dropped
+            let read = poll_fn(|cx| {
+                if stop.load(Ordering::Relaxed) {
+                    return Poll::Ready(None);
+                }
+                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf).map(Some)
+            })
+            .await;
+            match read {
+                None if info.parking.load(Ordering::Relaxed) => return Ok(Ended::Parked),
+                None => {
+                    io.shutdown().await?;
+                    return Ok(Ended::Closed);
+                }
+                // the client closed (mid-head or not, hyper would only log it)
+                Some(Ok(0)) => return Ok(Ended::Closed),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+            }
+        };
+
+        // 2. the answer, on the config current now; a client that goes away meanwhile
+        // cancels it (as hyper does)
+        let is_head = req.method() == Method::HEAD;
+        let live = shared.live.load_full();
+        let resp = {
+            let mut handling = pin!(live.proxy.handle(req, info.clone()));
+            poll_fn(|cx| {
+                if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Some(resp));
+                }
+                match read_ahead(io, buf, limits, cx) {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                }
+            })
+            .await
+        };
+        let Some(resp) = resp else {
+            return Ok(Ended::Closed);
+        };
+
+        // 3. the response
+        close |= stop.load(Ordering::Relaxed);
+        let (parts, body) = resp.into_parts();
+        let mut body = pin!(body);
+        out.clear();
+        let framing = match encode_head(&mut out, &parts, &body, is_head, close) {
+            Some(f) => f,
+            None => {
+                tracing::error!(peer = %info.peer, status = %parts.status, "unsendable response head");
+                return Ok(Ended::Closed);
+            }
+        };
+        drop(parts);
+        close |= framing.close;
+        if let Err(e) = write_body(io, &mut out, body.as_mut(), framing.kind).await {
+            tracing::debug!(peer = %info.peer, error = %e, "response cut short");
+            return Ok(Ended::Closed);
+        }
+        io.flush().await?;
+        if close {
+            io.shutdown().await?;
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// While a request is answered: reads what the client sends ahead (pipelined requests) into
+/// `buf`, up to a head's limit. True when the client closed or the read failed.
+fn read_ahead<I: ClientIo>(
+    io: &mut Watched<I>,
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+    cx: &mut Context<'_>,
+) -> bool {
+    while buf.len() < limits.max_size {
+        if buf.capacity() - buf.len() < READ_ROOM {
+            buf.reserve(READ_GROW);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return false,
+        }
+    }
+    false
+}
+
+/// Parses the head at the start of `buf`; a request this path serves is split off it.
+fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // (too many headers for this path: hyper counts them against `max_headers`)
+        Err(_) => return Parsed::Hyper,
+    };
+    if len > limits.max_size
+        || parsed.headers.len() > limits.max_headers
+        || parsed.version != Some(1)
+    {
+        return Parsed::Hyper;
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Parsed::Hyper;
+    };
+    // origin-form only (absolute-form and `*` go to hyper); CONNECT tunnels
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parsed::Hyper;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    // the names are checked and copied now; the values and the target are shared with the
+    // head's bytes, split off once the parse lets go of them
+    let mut names = Vec::with_capacity(parsed.headers.len());
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Hyper;
+        };
+        match name {
+            header::CONTENT_LENGTH if h.value != b"0" => return Parsed::Hyper,
+            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Hyper,
+            header::CONNECTION => close |= has_token(h.value, b"close"),
+            // (a client that takes trailers: hyper sends them after a chunked body)
+            header::TE if has_token(h.value, b"trailers") => return Parsed::Hyper,
+            _ => {}
+        }
+        names.push((name, offset(buf, h.value), h.value.len()));
+    }
+    let target = (offset(buf, path.as_bytes()), path.len());
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) else {
+        return Parsed::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(names.len());
+    for (name, at, len) in names {
+        match HeaderValue::from_maybe_shared(head.slice(at..at + len)) {
+            Ok(value) => map.append(name, value),
+            // (httparse lets through a few bytes HeaderValue refuses; hyper would 400)
+            Err(_) => return Parsed::Hyper,
+        };
+    }
+    let mut req = Request::new(ClientBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = map;
+    Parsed::Request(req, close)
+}
+
+/// Where `part` (a slice of `whole`) starts in it.
+fn offset(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// Whether a comma-separated header value has `token` (ASCII case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// How a response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// This many bytes (none for HEAD, 204, 304).
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    kind: Kind,
+    /// The connection closes after this response.
+    close: bool,
+}
+
+/// Writes the status line and headers into `out` with hyper's rules (lowercase names, a
+/// Content-Length or chunked framing where the body allows, a cached Date, `connection:
+/// close` when closing). `None` for a head HTTP/1.1 cannot carry as is (a 1xx, a bad
+/// Content-Length).
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &impl http_body::Body,
+    is_head: bool,
+    close: bool,
+) -> Option<Framing> {
+    let status = parts.status;
+    if status.is_informational() {
+        return None;
+    }
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        let reason = status.canonical_reason().unwrap_or("<none>");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_length = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let can_chunk = !is_head && !no_length;
+    // None: nothing to send; Some(None): a length not known ahead
+    let body_len = if body.is_end_stream() {
+        None
+    } else {
+        Some(body.size_hint().exact())
+    };
+    let mut kind = None;
+    let mut last = close;
+    let mut said_close = false;
+    let mut wrote_date = false;
+    for (name, value) in &parts.headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if kind.is_some() {
+                    continue;
+                }
+                match body_len {
+                    Some(Some(n)) => kind = Some(Kind::Length(n)),
+                    Some(None) => {
+                        let n = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
+                        kind = Some(Kind::Length(n));
+                    }
+                    // (HEAD keeps the length of what GET would send)
+                    None if is_head => kind = Some(Kind::Length(0)),
+                    None => continue,
+                }
+            }
+            header::TRANSFER_ENCODING => {
+                if !can_chunk || kind.is_some() {
+                    continue;
+                }
+                kind = Some(Kind::Chunked);
+                out.extend_from_slice(b"transfer-encoding: ");
+                out.extend_from_slice(value.as_bytes());
+                if !value.as_bytes().ends_with(b"chunked") {
+                    out.extend_from_slice(b", chunked");
+                }
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            header::CONNECTION if has_token(value.as_bytes(), b"close") => {
+                last = true;
+                said_close = true;
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut kind = match kind {
+        Some(k) => k,
+        None => match body_len {
+            // (HTTP/1.1 always can, unless there is no body to send)
+            Some(None) if can_chunk => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Kind::Chunked
+            }
+            Some(None) => Kind::Length(0),
+            None | Some(Some(0)) => {
+                if !is_head && !no_length {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Kind::Length(0)
+            }
+            Some(Some(n)) => {
+                if !no_length {
+                    let _ = write!(out, "content-length: {n}\r\n");
+                }
+                Kind::Length(n)
+            }
+        },
+    };
+    if is_head || no_length {
+        kind = Kind::Length(0);
+    }
+    if close && !said_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_date {
+        out.extend_from_slice(b"date: ");
+        date::extend(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(Framing { close: last, kind })
+}
+
+/// Writes the body after the head in `out`, gathering small pieces, and everything gathered
+/// before waiting for more of the body. An error: the connection must close (the client
+/// cannot tell where this response ends).
+async fn write_body<W, B>(
+    io: &mut W,
+    out: &mut Vec<u8>,
+    mut body: Pin<&mut B>,
+    kind: Kind,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    let mut left = match kind {
+        Kind::Length(n) => n,
+        Kind::Chunked => u64::MAX,
+    };
+    while left > 0 {
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                write_two(io, out, &[]).await?;
+                io.flush().await?;
+                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let data = match frame.map(|f| f.map(Frame::into_data)) {
+            None => break,
+            Some(Ok(Ok(data))) => data,
+            // (trailers: only for a client that asked with `TE: trailers`, which hyper serves)
+            Some(Ok(Err(_))) => continue,
+            Some(Err(e)) => return Err(io::Error::other(e)),
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if data.len() as u64 > left {
+            return Err(io::Error::other("body longer than its Content-Length"));
+        }
+        match kind {
+            Kind::Chunked => {
+                let _ = write!(out, "{:x}\r\n", data.len());
+            }
+            Kind::Length(_) => left -= data.len() as u64,
+        }
+        if out.len() + data.len() <= GATHER {
+            out.extend_from_slice(&data);
+        } else {
+            write_two(io, out, &data).await?;
+        }
+        if kind == Kind::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match kind {
+        Kind::Length(_) if left > 0 => {
+            return Err(io::Error::other("body shorter than its Content-Length"))
+        }
+        Kind::Length(_) => {}
+        Kind::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+    }
+    write_two(io, out, &[]).await
+}
+
+/// Writes `first` (then empties it) and `second`, in as few writes as the transport allows.
+async fn write_two<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    first: &mut Vec<u8>,
+    second: &[u8],
+) -> io::Result<()> {
+    let (mut a, mut b) = (&first[..], second);
+    while !a.is_empty() || !b.is_empty() {
+        let n = if b.is_empty() {
+            io.write(a).await?
+        } else if a.is_empty() {
+            io.write(b).await?
+        } else {
+            io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    first.clear();
+    Ok(())
+}
+
+/// The Date header's value, formatted once a second per thread (as hyper does).
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+
+    pub(super) fn extend(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        NOW.with_borrow_mut(|(at, text)| {
+            if *at != secs || text.is_empty() {
+                *at = secs;
+                *text = httpdate::fmt_http_date(now);
+            }
+            out.extend_from_slice(text.as_bytes());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Body;
+    use http::Response;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_size: 8192,
+        max_headers: 100,
+    };
+
+    fn parsed(raw: &[u8]) -> Parsed {
+        parse(&mut BytesMut::from(raw), LIMITS)
+    }
+
+    #[test]
+    fn a_get_is_parsed_and_split_off_its_pipelined_successor() {
+        let mut buf = BytesMut::from(
+            &b"GET /a?b=1 HTTP/1.1\r\nHost: x.test\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next"[..],
+        );
+        let Parsed::Request(req, close) = parse(&mut buf, LIMITS) else {
+            panic!("not parsed");
+        };
+        assert!(!close);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "x.test");
+        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(&buf[..], b"GET /next");
+        assert!(matches!(parse(&mut buf, LIMITS), Parsed::Partial));
+    }
+
+    #[test]
+    fn requests_this_path_does_not_serve_go_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTE: trailers\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://x.test/ HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"CONNECT x.test:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            b"G\x01T / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parsed(raw), Parsed::Hyper),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let many: Vec<u8> = (0..40)
+            .flat_map(|i| format!("X-{i}: 1\r\n").into_bytes())
+            .collect();
+        let raw = [&b"GET / HTTP/1.1\r\n"[..], &many, b"\r\n"].concat();
+        assert!(matches!(parsed(&raw), Parsed::Hyper));
+    }
+
+    #[test]
+    fn connection_close_is_noticed_and_a_zero_length_is_no_body() {
+        let Parsed::Request(_, close) =
+            parsed(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n")
+        else {
+            panic!("not parsed");
+        };
+        assert!(close);
+    }
+
+    fn head(resp: Response<Body>, is_head: bool, close: bool) -> (String, Framing) {
+        let (parts, body) = resp.into_parts();
+        let mut out = Vec::new();
+        let framing = encode_head(&mut out, &parts, &body, is_head, close).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // (the date changes)
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (text, framing)
+    }
+
+    #[test]
+    fn response_heads_follow_hyper() {
+        let full = |s: &'static str| Body::full(s);
+        let (text, f) = head(Response::new(full("hello")), false, false);
+        assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 5\n");
+        assert_eq!(f.kind, Kind::Length(5));
+        assert!(!f.close);
+
+        let mut resp = Response::new(full("hello"));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (text, f) = head(resp, true, true);
+        assert_eq!(
+            text,
+            "HTTP/1.1 404 Not Found\ncontent-length: 5\nconnection: close\n"
+        );
+        assert_eq!(f.kind, Kind::Length(0));
+        assert!(f.close);
+
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let (text, f) = head(resp, false, false);
+        assert_eq!(text, "HTTP/1.1 304 Not Modified\n");
+        assert_eq!(f.kind, Kind::Length(0));
+
+        let (text, f) = head(Response::new(Body::empty()), false, false);
+        assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 0\n");
+        assert_eq!(f.kind, Kind::Length(0));
+    }
+
+    #[test]
+    fn has_token_reads_lists() {
+        assert!(has_token(b"keep-alive, close", b"close"));
+        assert!(has_token(b" CLOSE ", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}

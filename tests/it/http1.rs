@@ -1,0 +1,174 @@
+//! HTTP/1.1 on the wire, from a raw socket: requests without a body take usher's own fast path
+//! (`server/h1.rs`), the rest hyper's; a connection moves between the two as its requests do.
+
+use std::collections::HashMap;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{bounded, eventually, TestServer, Upstream};
+
+fn config(up: &Upstream) -> String {
+    format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+        up.addr
+    )
+}
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// Reads `heads.len()` responses (a HEAD one has no body, whatever its Content-Length says),
+/// bounded in time; fails on a response without a Content-Length.
+async fn read_responses(s: &mut TcpStream, heads: &[bool]) -> Vec<Raw> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for &is_head in heads {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&buf).expect("a valid response head") {
+                let headers: HashMap<String, String> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                let len: usize = headers["content-length"].parse().unwrap();
+                let len = if is_head { 0 } else { len };
+                if buf.len() >= n + len {
+                    out.push(Raw {
+                        status: r.code.unwrap(),
+                        body: String::from_utf8_lossy(&buf[n..n + len]).into_owned(),
+                        headers,
+                    });
+                    buf.drain(..n + len);
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let got = bounded("a response", s.read(&mut chunk)).await.unwrap();
+            assert!(got > 0, "closed before the responses were whole: {out:?}");
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+    assert!(buf.is_empty(), "bytes after the responses: {buf:?}");
+    out
+}
+
+/// Requests sent back to back in one write are answered in order: bodyless ones on the fast
+/// path, a POST with a body (hyper's) between them, a HEAD with GET's headers and no body.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_both_paths() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app)).await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /three HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          HEAD /four HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          GET /five HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_responses(&mut s, &[false, false, false, true, false]).await;
+    let bodies: Vec<&str> = r.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["app /one", "app /two", "app /three", "", "app /five"]
+    );
+    assert!(r
+        .iter()
+        .all(|r| r.status == 200 && r.headers.contains_key("date")));
+    assert_eq!(r[3].headers["content-length"], "9");
+    let seen = app.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.uri.path()).collect();
+    assert_eq!(paths, ["/one", "/two", "/three", "/four", "/five"]);
+    assert_eq!(seen[1].body.as_ref(), b"abc");
+}
+
+/// `Connection: close` gets its answer, saying so, and then the close.
+#[tokio::test]
+async fn connection_close_is_answered_then_closed() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app)).await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /bye HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_responses(&mut s, &[false]).await;
+    assert_eq!(r[0].body, "app /bye");
+    assert_eq!(r[0].headers["connection"], "close");
+    let mut rest = [0u8; 16];
+    assert_eq!(bounded("the close", s.read(&mut rest)).await.unwrap(), 0);
+}
+
+/// A client that goes away while the app works on its request cancels it: the app's
+/// connection is closed (its handler dropped) long before it would have answered, the line is
+/// logged, and usher serves on.
+#[tokio::test]
+async fn a_client_that_leaves_before_its_answer_cancels_the_request() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app)).await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /slow?ms=600000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the app works on it", || app.in_progress() == 1).await;
+    drop(s);
+    eventually("the app's handler is dropped", || app.in_progress() == 0).await;
+    eventually("the request is logged", || {
+        usher.access_log().contains("/slow")
+    })
+    .await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, &[false]).await[0].body, "app /after");
+}
+
+/// A head larger than `max_header_size` is refused with 431 (by hyper, which the fast path
+/// hands it to), and a malformed one with 400.
+#[tokio::test]
+async fn oversized_and_malformed_heads_get_431_and_400() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[limits]\nmax_header_size = \"8KiB\"\n{}",
+        config(&app)
+    ))
+    .await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    let big = "x".repeat(9000);
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    bounded("the 431", s.read_to_end(&mut text)).await.unwrap();
+    assert!(
+        text.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    bounded("the 400", s.read_to_end(&mut text)).await.unwrap();
+    assert!(
+        text.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    assert!(app.seen().is_empty());
+}
