@@ -11,4 +11,10 @@ BENCH=${BENCH:-../shared/bench/bench.sh}
 [ -x "$BENCH" ] || { echo "the shared harness is not at $BENCH (set BENCH=...)" >&2; exit 2; }
 cargo build --release
 opts=(); while [ $# -gt 0 ] && [[ $1 == -* ]]; do opts+=("$1" "$2"); shift 2; done
-exec "$BENCH" "${opts[@]}" nginx "$PWD/benches/adapters/usher.sh" "$@"
+status=0
+"$BENCH" "${opts[@]}" nginx "$PWD/benches/adapters/usher.sh" "$@" || status=$?
+# Every repetition's access log is kept (logging is on, as users run it): gigabytes per run,
+# which once filled the disk. The figures are in results.csv and summary.md.
+latest=$(ls -td "${BENCH_WORK:-/tmp/usher-bench}"/results/*/ 2>/dev/null | head -1)
+[ -z "$latest" ] || find "$latest" -name access.log -delete
+exit $status

@@ -37,6 +37,11 @@ const READ_GROW: usize = 4096;
 /// write; a larger piece is written from where it is, after what was gathered.
 const GATHER: usize = 16 * 1024;
 
+/// The answer in place of a response HTTP/1.1 cannot carry (a 1xx status as the final answer,
+/// a malformed Content-Length).
+const UNSENDABLE: &[u8] =
+    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// How a fast session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ended {
@@ -152,7 +157,7 @@ async fn session<I: ClientIo>(
                 if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(resp));
                 }
-                match read_ahead(io, buf, limits, cx) {
+                match read_ahead(io, buf, cx) {
                     true => Poll::Ready(None),
                     false => Poll::Pending,
                 }
@@ -171,13 +176,18 @@ async fn session<I: ClientIo>(
         let framing = match encode_head(&mut out, &parts, &body, is_head, close) {
             Some(f) => f,
             None => {
+                // (hyper answers 500 here; the response came from upstream: 502)
                 tracing::error!(peer = %info.peer, status = %parts.status, "unsendable response head");
+                out.clear();
+                out.extend_from_slice(UNSENDABLE);
+                write_two(io, &mut out, &[]).await?;
+                io.shutdown().await?;
                 return Ok(Ended::Closed);
             }
         };
         drop(parts);
         close |= framing.close;
-        if let Err(e) = write_body(io, &mut out, body.as_mut(), framing.kind).await {
+        if let Err(e) = write_body(io, buf, &mut out, body.as_mut(), framing.kind).await {
             tracing::debug!(peer = %info.peer, error = %e, "response cut short");
             return Ok(Ended::Closed);
         }
@@ -189,15 +199,12 @@ async fn session<I: ClientIo>(
     }
 }
 
-/// While a request is answered: reads what the client sends ahead (pipelined requests) into
-/// `buf`, up to a head's limit. True when the client closed or the read failed.
-fn read_ahead<I: ClientIo>(
-    io: &mut Watched<I>,
-    buf: &mut BytesMut,
-    limits: HeadLimits,
-    cx: &mut Context<'_>,
-) -> bool {
-    while buf.len() < limits.max_size {
+/// While a request is answered: watches for the client going away, reading what it sends
+/// ahead (a pipelined request) into `buf`. True when it closed or the read failed. Reads only
+/// while nothing is buffered, as hyper does: a client that sent its requests and closed gets
+/// the answers to those already read.
+fn read_ahead<I: ClientIo>(io: &mut Watched<I>, buf: &mut BytesMut, cx: &mut Context<'_>) -> bool {
+    while buf.is_empty() {
         if buf.capacity() - buf.len() < READ_ROOM {
             buf.reserve(READ_GROW);
         }
@@ -240,12 +247,16 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     // head's bytes, split off once the parse lets go of them
     let mut names = Vec::with_capacity(parsed.headers.len());
     let mut close = false;
+    let mut has_length = false;
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Hyper;
         };
         match name {
             header::CONTENT_LENGTH if h.value != b"0" => return Parsed::Hyper,
+            // (one is enough, as hyper keeps it: some apps refuse two)
+            header::CONTENT_LENGTH if has_length => continue,
+            header::CONTENT_LENGTH => has_length = true,
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => return Parsed::Hyper,
             header::CONNECTION => close |= has_token(h.value, b"close"),
             // (a client that takes trailers: hyper sends them after a chunked body)
@@ -256,28 +267,54 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     }
     let target = (offset(buf, path.as_bytes()), path.len());
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) else {
-        return Parsed::Hyper;
-    };
+    match request(&head, method, target, names) {
+        Some(req) => Parsed::Request(req, close),
+        None => {
+            // (a target `http` refuses, such as `/a<b`, that httparse let through: the head goes
+            // back in front for hyper, which answers 400)
+            let rest = std::mem::take(buf);
+            buf.reserve(head.len() + rest.len());
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&rest);
+            Parsed::Hyper
+        }
+    }
+}
+
+/// The request of a parsed head: its target and header values share `head`'s bytes.
+fn request(
+    head: &Bytes,
+    method: Method,
+    (at, len): (usize, usize),
+    names: Vec<(HeaderName, usize, usize)>,
+) -> Option<Request<ClientBody>> {
+    let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
     let mut map = HeaderMap::with_capacity(names.len());
     for (name, at, len) in names {
-        match HeaderValue::from_maybe_shared(head.slice(at..at + len)) {
-            Ok(value) => map.append(name, value),
-            // (httparse lets through a few bytes HeaderValue refuses; hyper would 400)
-            Err(_) => return Parsed::Hyper,
-        };
+        map.append(
+            name,
+            HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?,
+        );
     }
     let mut req = Request::new(ClientBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = map;
-    Parsed::Request(req, close)
+    Some(req)
 }
 
 /// Where `part` (a slice of `whole`) starts in it.
 fn offset(whole: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+/// A Content-Length value: digits only (`u64`'s parser would also take a `+`).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether a comma-separated header value has `token` (ASCII case-insensitive).
@@ -347,10 +384,7 @@ fn encode_head(
                 }
                 match body_len {
                     Some(Some(n)) => kind = Some(Kind::Length(n)),
-                    Some(None) => {
-                        let n = std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()?;
-                        kind = Some(Kind::Length(n));
-                    }
+                    Some(None) => kind = Some(Kind::Length(parse_length(value.as_bytes())?)),
                     // (HEAD keeps the length of what GET would send)
                     None if is_head => kind = Some(Kind::Length(0)),
                     None => continue,
@@ -422,14 +456,15 @@ fn encode_head(
 /// Writes the body after the head in `out`, gathering small pieces, and everything gathered
 /// before waiting for more of the body. An error: the connection must close (the client
 /// cannot tell where this response ends).
-async fn write_body<W, B>(
-    io: &mut W,
+async fn write_body<I, B>(
+    io: &mut Watched<I>,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     mut body: Pin<&mut B>,
     kind: Kind,
 ) -> io::Result<()>
 where
-    W: AsyncWrite + Unpin,
+    I: ClientIo,
     B: http_body::Body<Data = Bytes, Error = BoxError>,
 {
     let mut left = match kind {
@@ -442,7 +477,15 @@ where
             Poll::Pending => {
                 write_two(io, out, &[]).await?;
                 io.flush().await?;
-                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                // (a client that goes away meanwhile ends the response, and with it the
+                // upstream request: a stream or a long poll is not held for nobody)
+                let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                    Poll::Pending if read_ahead(io, buf, cx) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                })
+                .await;
+                next.ok_or(io::ErrorKind::ConnectionAborted)?
             }
         };
         let data = match frame.map(|f| f.map(Frame::into_data)) {
@@ -594,12 +637,38 @@ mod tests {
 
     #[test]
     fn connection_close_is_noticed_and_a_zero_length_is_no_body() {
-        let Parsed::Request(_, close) =
-            parsed(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n")
-        else {
+        let Parsed::Request(req, close) = parsed(
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
+        ) else {
             panic!("not parsed");
         };
         assert!(close);
+        // (one Content-Length goes on, as hyper keeps one)
+        let lengths = req.headers().get_all(header::CONTENT_LENGTH);
+        assert_eq!(lengths.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_target_http_refuses_goes_to_hyper_with_its_head_in_place() {
+        let raw = &b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n"[..];
+        let mut buf = BytesMut::from(raw);
+        assert!(matches!(parse(&mut buf, LIMITS), Parsed::Hyper));
+        assert_eq!(&buf[..], raw);
+    }
+
+    #[test]
+    fn a_content_length_is_digits_only() {
+        assert_eq!(parse_length(b"120"), Some(120));
+        for bad in [
+            &b"+5"[..],
+            b"",
+            b" 5",
+            b"5 ",
+            b"-1",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
     }
 
     fn head(resp: Response<Body>, is_head: bool, close: bool) -> (String, Framing) {

@@ -137,7 +137,8 @@ async fn a_client_that_leaves_before_its_answer_cancels_the_request() {
 }
 
 /// A head larger than `max_header_size` is refused with 431 (by hyper, which the fast path
-/// hands it to), and a malformed one with 400.
+/// hands it to), and a malformed one with 400: a bad header name, or a target httparse takes
+/// and `http` does not.
 #[tokio::test]
 async fn oversized_and_malformed_heads_get_431_and_400() {
     let app = Upstream::start("app").await;
@@ -170,5 +171,48 @@ async fn oversized_and_malformed_heads_get_431_and_400() {
         "{}",
         String::from_utf8_lossy(&text)
     );
+
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(
+        b"GET /a<b HTTP/1.1\r\nHost: app.test\r\n\r\nGET /next HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut text = Vec::new();
+    bounded("the 400", s.read_to_end(&mut text)).await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(!text.contains("app /next"), "{text}");
     assert!(app.seen().is_empty());
+}
+
+/// A client that goes away while its response waits on the app (a stream gone quiet) ends
+/// it then, not when the app's read timeout would.
+#[tokio::test]
+async fn a_client_that_leaves_a_quiet_stream_ends_it() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_response = \"600s\"\n{}",
+        config(&app)
+    ))
+    .await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let mut chunk = [0u8; 4096];
+        let n = bounded("the first piece", s.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(!usher.access_log().contains("/stall"));
+    drop(s);
+    eventually("the response ends and is logged", || {
+        usher.access_log().contains("/stall")
+    })
+    .await;
 }
