@@ -232,6 +232,7 @@ fn serve_h1<'a, I: ClientIo>(
     live: &'a ConnSettings,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
+        let svc = service(&shared, &info);
         let limits = WatchLimits {
             park: Some(PARK_AFTER),
             ..live.watch
@@ -240,16 +241,31 @@ fn serve_h1<'a, I: ClientIo>(
         loop {
             info.parking.store(false, Ordering::Relaxed);
             // requests without a body first, without hyper (h1.rs)
-            let mut watched = Watched::new(io, info.clone(), prefix);
-            let (ended, unread) = h1::serve(&mut watched, &info, &shared, live.head, limits).await;
-            (io, prefix) = watched.into_parts(unread);
+            let (ended, rest) = h1::serve(&mut io, prefix, &info, &shared, live.head, limits).await;
+            prefix = rest;
             match ended {
                 Ended::Closed => return,
                 Ended::Parked => {}
+                // a request for hyper: its session, until it is parked in turn
                 Ended::Handoff => {
-                    match hyper_session(io, prefix, &info, &shared, live, limits).await {
-                        Some(back) => (io, prefix) = back,
-                        None => return,
+                    let mut session =
+                        H1Session::start(&live.h1, io, info.clone(), prefix, svc.clone());
+                    let parked = drive(
+                        Pin::new(&mut *session.0),
+                        |c| c.graceful_shutdown(),
+                        &info,
+                        &shared,
+                        limits,
+                    )
+                    .await;
+                    // (none when the connection was upgraded: it has become a tunnel)
+                    match parked.then(|| session.take_back()).flatten() {
+                        Some((back, ahead)) => (io, prefix) = (back, ahead),
+                        None => {
+                            // a tunnel may hold the socket now: its shutdown must be a real one
+                            info.parking.store(false, Ordering::Relaxed);
+                            return;
+                        }
                     }
                 }
             }
@@ -260,39 +276,6 @@ fn serve_h1<'a, I: ClientIo>(
                 return;
             }
         }
-    }
-}
-
-/// A hyper session on an HTTP/1.1 connection, until the watcher parks it. Returns the socket
-/// and what was read ahead of the next request, or `None` when the connection is done.
-// (not an async fn, for the reason given at serve_h1)
-#[allow(clippy::manual_async_fn)]
-fn hyper_session<'a, I: ClientIo>(
-    io: I,
-    prefix: Bytes,
-    info: &'a Arc<ConnInfo>,
-    shared: &'a Arc<Shared>,
-    live: &'a ConnSettings,
-    limits: WatchLimits,
-) -> impl Future<Output = Option<(I, Bytes)>> + Send + 'a {
-    async move {
-        let svc = service(shared, info);
-        let mut session = H1Session::start(&live.h1, io, info.clone(), prefix, svc);
-        let parked = drive(
-            Pin::new(&mut *session.0),
-            |c| c.graceful_shutdown(),
-            info,
-            shared,
-            limits,
-        )
-        .await;
-        // (none when the connection was upgraded: it has become a tunnel)
-        let back = parked.then(|| session.take_back()).flatten();
-        if back.is_none() {
-            // a tunnel may hold the socket now: its shutdown must be a real one
-            info.parking.store(false, Ordering::Relaxed);
-        }
-        back
     }
 }
 
@@ -463,15 +446,14 @@ impl<I> Watched<I> {
     }
 
     /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
-    /// The socket back, and what is left to read: `unread` (read from it but not used), then
-    /// the rest of the prefix.
-    pub(super) fn into_parts(self, unread: Bytes) -> (I, Bytes) {
-        let rest = match (unread.is_empty(), self.prefix.is_empty()) {
+    /// What is left to read: `unread` (read from the socket but not used), then the rest of
+    /// the prefix.
+    pub(super) fn rest(self, unread: Bytes) -> Bytes {
+        match (unread.is_empty(), self.prefix.is_empty()) {
             (_, true) => unread,
             (true, false) => self.prefix,
             (false, false) => Bytes::from([unread, self.prefix].concat()),
-        };
-        (self.io, rest)
+        }
     }
 
     fn wrote(&self, r: &Poll<io::Result<usize>>) {

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Frame;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::conn::{drive, ClientIo, Watched};
 use super::{ConnInfo, Shared, WatchLimits};
@@ -64,7 +64,8 @@ pub(super) struct HeadLimits {
 /// it, or a request needs hyper. Returns how it ended and the bytes read but not served
 /// (for the hyper session that takes over).
 pub(super) async fn serve<I: ClientIo>(
-    io: &mut Watched<I>,
+    io: &mut I,
+    prefix: Bytes,
     info: &Arc<ConnInfo>,
     shared: &Shared,
     head: HeadLimits,
@@ -73,10 +74,12 @@ pub(super) async fn serve<I: ClientIo>(
     let stop = AtomicBool::new(false);
     let mut ended = Ended::Closed;
     let mut buf = BytesMut::new();
+    // (the socket by reference: the connection's task holds it once, parked or not)
+    let mut watched = Watched::new(io, info.clone(), prefix);
     {
         // (boxed: a connection's task keeps only the socket while it is parked)
         let mut session = Box::pin(async {
-            let r = session(io, &mut buf, &stop, info, shared, head).await;
+            let r = session(&mut watched, &mut buf, &stop, info, shared, head).await;
             r.map(|e| ended = e)
         });
         drive(
@@ -88,7 +91,13 @@ pub(super) async fn serve<I: ClientIo>(
         )
         .await;
     }
-    (ended, buf.freeze())
+    // (copied: the read buffer, 4 KiB or more, is let go with the session even when it holds a
+    // few bytes; a parked connection keeps only its socket)
+    let unread = match buf.is_empty() {
+        true => Bytes::new(),
+        false => Bytes::copy_from_slice(&buf),
+    };
+    (ended, watched.rest(unread))
 }
 
 /// What the bytes read so far hold.
@@ -103,7 +112,7 @@ enum Parsed {
     Hyper,
 }
 
-async fn session<I: ClientIo>(
+async fn session<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Watched<I>,
     buf: &mut BytesMut,
     stop: &AtomicBool,
@@ -203,7 +212,11 @@ async fn session<I: ClientIo>(
 /// ahead (a pipelined request) into `buf`. True when it closed or the read failed. Reads only
 /// while nothing is buffered, as hyper does: a client that sent its requests and closed gets
 /// the answers to those already read.
-fn read_ahead<I: ClientIo>(io: &mut Watched<I>, buf: &mut BytesMut, cx: &mut Context<'_>) -> bool {
+fn read_ahead<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Watched<I>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> bool {
     while buf.is_empty() {
         if buf.capacity() - buf.len() < READ_ROOM {
             buf.reserve(READ_GROW);
@@ -464,7 +477,7 @@ async fn write_body<I, B>(
     kind: Kind,
 ) -> io::Result<()>
 where
-    I: ClientIo,
+    I: AsyncRead + AsyncWrite + Unpin,
     B: http_body::Body<Data = Bytes, Error = BoxError>,
 {
     let mut left = match kind {
