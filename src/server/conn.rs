@@ -1,10 +1,11 @@
 //! One client connection: the TLS handshake, then its HTTP sessions under the idle watcher.
 //!
 //! HTTP/2 (ALPN `h2`, or the h2c preface on the plain listener) runs on hyper-util's auto
-//! builder. HTTP/1.1 runs on hyper's own, and an HTTP/1.1 connection idle for `PARK_AFTER`
-//! is parked: hyper's connection state and buffers (about 30 KiB) are let go, only the
-//! socket and the TLS session stay, and a new session starts when the client sends again.
-//! nginx does the same when a connection goes into keep-alive.
+//! builder. HTTP/1.1 runs on usher's own path for requests without a body (h1.rs) and on
+//! hyper's builder for the rest. An HTTP/1.1 connection idle for `PARK_AFTER` is parked: its
+//! session state and buffers (about 30 KiB with hyper) are let go, only the socket and the
+//! TLS session stay, and a new session starts when the client sends again. nginx does the
+//! same when a connection goes into keep-alive.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -305,14 +306,7 @@ where
     /// let go even when it holds a few bytes); `None` when the connection was upgraded.
     fn take_back(self) -> Option<(I, Bytes)> {
         let parts = self.0.into_parts()?;
-        let watched = parts.io.into_inner();
-        // (hyper's buffer first: it read the prefix before the socket)
-        let prefix = if watched.prefix.is_empty() && parts.read_buf.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::from([parts.read_buf, watched.prefix].concat())
-        };
-        Some((watched.io, prefix))
+        Some(parts.io.into_inner().into_parts(&parts.read_buf))
     }
 }
 
@@ -446,14 +440,17 @@ impl<I> Watched<I> {
     }
 
     /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
-    /// What is left to read: `unread` (read from the socket but not used), then the rest of
-    /// the prefix.
-    pub(super) fn rest(self, unread: Bytes) -> Bytes {
-        match (unread.is_empty(), self.prefix.is_empty()) {
-            (_, true) => unread,
-            (true, false) => self.prefix,
-            (false, false) => Bytes::from([unread, self.prefix].concat()),
-        }
+    /// The socket back, and what is left to read: `unread` (what a session read from it and
+    /// did not use; it read the prefix first), then the rest of the prefix. Copied: a
+    /// session's read buffer (4 KiB or more) is let go even when it holds a few bytes, so a
+    /// parked connection keeps little more than its socket.
+    pub(super) fn into_parts(self, unread: &[u8]) -> (I, Bytes) {
+        let rest = match (unread.is_empty(), self.prefix.is_empty()) {
+            (true, _) => self.prefix,
+            (false, true) => Bytes::copy_from_slice(unread),
+            (false, false) => Bytes::from([unread, &self.prefix[..]].concat()),
+        };
+        (self.io, rest)
     }
 
     fn wrote(&self, r: &Poll<io::Result<usize>>) {

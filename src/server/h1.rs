@@ -91,13 +91,7 @@ pub(super) async fn serve<I: ClientIo>(
         )
         .await;
     }
-    // (copied: the read buffer, 4 KiB or more, is let go with the session even when it holds a
-    // few bytes; a parked connection keeps only its socket)
-    let unread = match buf.is_empty() {
-        true => Bytes::new(),
-        false => Bytes::copy_from_slice(&buf),
-    };
-    (ended, watched.rest(unread))
+    (ended, watched.into_parts(&buf).1)
 }
 
 /// What the bytes read so far hold.
@@ -131,16 +125,13 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
                     _ => return Ok(Ended::Handoff),
                 }
             }
-            if buf.capacity() - buf.len() < READ_ROOM {
-                buf.reserve(READ_GROW);
-            }
             // asked to stop (a drain, the idle limit, parking): a head begun meanwhile goes to
             // the next session when parking (its deadline runs from there), else is dropped
             let read = poll_fn(|cx| {
                 if stop.load(Ordering::Relaxed) {
                     return Poll::Ready(None);
                 }
-                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf).map(Some)
+                poll_read(io, buf, cx).map(Some)
             })
             .await;
             match read {
@@ -217,17 +208,19 @@ fn read_ahead<I: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> bool {
-    while buf.is_empty() {
-        if buf.capacity() - buf.len() < READ_ROOM {
-            buf.reserve(READ_GROW);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
-            Poll::Ready(Ok(_)) => {}
-            Poll::Pending => return false,
-        }
+    buf.is_empty() && matches!(poll_read(io, buf, cx), Poll::Ready(Ok(0) | Err(_)))
+}
+
+/// Reads from the client into `buf`, growing it first when little room is left.
+fn poll_read<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Watched<I>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(READ_GROW);
     }
-    false
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// Parses the head at the start of `buf`; a request this path serves is split off it.
