@@ -16,7 +16,7 @@ use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::access_log::LogTail;
 use crate::buffer::{HeldResponse, SpooledResponse};
-use crate::upstream::{InFlight, PooledConn};
+use crate::upstream::{InFlight, PooledConn, RespBody};
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -142,7 +142,7 @@ impl HttpBody for ClientBody {
 /// error (the client sees the response cut) and closes the upstream connection.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    body: Incoming,
+    body: RespBody,
     conn: Option<PooledConn>,
     /// Counts the request on its member until the body is done or dropped.
     _in_flight: Option<InFlight>,
@@ -156,7 +156,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     /// Wraps an upstream body and the connection it arrives on.
     pub fn new(
-        body: Incoming,
+        body: RespBody,
         conn: PooledConn,
         read_timeout: Duration,
         in_flight: Option<InFlight>,
@@ -179,7 +179,7 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            conn.release();
+            conn.release(&mut self.body);
         }
     }
 }
@@ -222,7 +222,7 @@ impl HttpBody for UpstreamBody {
             Some(Err(_)) => self.conn = None,
             Some(Ok(_)) => {}
         }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

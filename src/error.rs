@@ -59,7 +59,7 @@ pub enum ProxyError {
     UpstreamProtocol {
         addr: String,
         #[source]
-        source: hyper::Error,
+        source: crate::body::BoxError,
     },
     /// Every member is at its `max_conns` and the queue is full, or the wait ran out.
     #[error("upstream pool busy: {0}")]

@@ -40,6 +40,7 @@ pub mod signals;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{start, ServerHandle};

@@ -26,7 +26,7 @@ use crate::headers::{host_without_port, list_items, set_forwarded, strip_hop_by_
 use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
-use crate::upstream::{Pool, PooledConn, ReqBody};
+use crate::upstream::{Pool, PooledConn, ReqBody, RespBody};
 
 /// Responses up to this size (of known length) are read whole before their head goes out:
 /// small enough that the wait is a single read.
@@ -371,7 +371,12 @@ async fn forward(
         return Ok(Response::from_parts(
             parts,
             Body::Upstream {
-                body: UpstreamBody::new(body, upstream_conn, pool.read_timeout(), None),
+                body: UpstreamBody::new(
+                    RespBody::Hyper(body),
+                    upstream_conn,
+                    pool.read_timeout(),
+                    None,
+                ),
             },
         ));
     }

@@ -1,7 +1,8 @@
 //! Upstream pools: members, the balancing policy (`upstream/balance.rs`), and a keep-alive
-//! connection pool per member built
-//! on `hyper::client::conn::http1`, so later work can add per-member caps, a queue, idle
-//! timeouts learned from `Keep-Alive`, and replay on a dead pooled connection.
+//! connection pool per member: caps, a queue, idle timeouts learned from `Keep-Alive`, and
+//! replay on a dead pooled connection. HTTP/1.1 connections speak usher's own client
+//! (`upstream/h1.rs`); HTTP/2 (`protocol = "h2c"`) and Upgrade requests go through
+//! `hyper::client::conn`.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use crate::error::ProxyError;
 use crate::metrics::Histo;
 
 pub mod balance;
+pub mod h1;
 
 use balance::{Balancer, Key, Load, Loads};
 
@@ -94,50 +96,85 @@ impl http_body::Body for ReqBody {
     }
 }
 
-/// One upstream connection's request sender, by protocol.
+/// An upstream response body: off usher's own HTTP/1.1 connection, or hyper's (HTTP/2, and
+/// an app that declined an upgrade).
 #[derive(Debug)]
-enum Sender {
-    H1(http1::SendRequest<ReqBody>),
-    H2(http2::SendRequest<ReqBody>),
+pub enum RespBody {
+    Wire(h1::Body),
+    Hyper(Incoming),
 }
 
+impl http_body::Body for RespBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RespBody::Wire(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RespBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Wire(b) => b.is_end_stream(),
+            RespBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RespBody::Wire(b) => b.size_hint(),
+            RespBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
+/// One upstream connection, by protocol.
+#[derive(Debug)]
+enum Sender {
+    /// usher's own HTTP/1.1 client.
+    Wire(h1::Conn),
+    /// hyper's HTTP/1.1 client, for an Upgrade request.
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+    /// A `Wire` connection lent to the response body it carries (see [`PooledConn::release`]).
+    Lent,
+}
+
+/// Why a request failed on a connection: the request back when it was never sent.
+type SendFailure = (Option<Request<ReqBody>>, crate::body::BoxError);
+
 impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_ready(),
-            Sender::H2(s) => s.is_ready(),
-        }
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
     /// Sends `req`; a request the connection never took is handed back in the error.
-    async fn try_send(
-        &mut self,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+    async fn try_send(&mut self, req: Request<ReqBody>) -> Result<Response<RespBody>, SendFailure> {
+        let hyper = |e: TrySendError<Request<ReqBody>>| -> SendFailure {
+            let mut e = e;
+            let back = e.take_message();
+            (back, e.into_error().into())
+        };
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-        }
-    }
-
-    async fn send(&mut self, req: Request<ReqBody>) -> hyper::Result<Response<Incoming>> {
-        match self {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
+            Sender::Wire(_) => {
+                let Sender::Wire(conn) = std::mem::replace(self, Sender::Lent) else {
+                    unreachable!()
+                };
+                match conn.send(req).await {
+                    Ok(r) => Ok(r.map(RespBody::Wire)),
+                    Err(e) => Err((None, e.into())),
+                }
+            }
+            Sender::H1(s) => match s.try_send_request(req).await {
+                Ok(r) => Ok(r.map(RespBody::Hyper)),
+                Err(e) => Err(hyper(e)),
+            },
+            Sender::H2(s) => match s.try_send_request(req).await {
+                Ok(r) => Ok(r.map(RespBody::Hyper)),
+                Err(e) => Err(hyper(e)),
+            },
+            Sender::Lent => Err((Some(req), "connection already in use".into())),
         }
     }
 }
@@ -330,12 +367,6 @@ impl Health {
     }
 }
 
-/// How long checkout waits for a pooled connection to become ready again. One whose response
-/// ended while its request body was still being sent (an app answering an upload early) can
-/// stay busy; after this wait it is dropped and the next one tried, instead of stalling the
-/// request.
-const READY_WAIT: Duration = Duration::from_millis(250);
-
 /// Most idle connections kept per member; more are closed when returned.
 const MAX_IDLE_PER_MEMBER: usize = 256;
 
@@ -468,7 +499,7 @@ impl Drop for InFlight {
 
 #[derive(Debug)]
 struct IdleConn {
-    sender: http1::SendRequest<ReqBody>,
+    conn: h1::Conn,
     /// When this connection is too old to reuse: its own idle limit after it was released.
     expires: Instant,
     released: Instant,
@@ -487,21 +518,29 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
-    /// Returns the connection to its member's idle list for reuse.
-    pub fn release(self) {
-        // an HTTP/2 connection stays shared in its member; this is just a handle
-        let Sender::H1(sender) = self.sender else {
+    /// Returns the connection to its member's idle list for reuse, taking it back from the
+    /// response `body` it was lent to; one that cannot carry another request is closed.
+    pub fn release(self, body: &mut RespBody) {
+        // (an HTTP/2 connection stays shared in its member; this is just a handle)
+        let conn = match (self.sender, body) {
+            (Sender::Lent, RespBody::Wire(body)) => body.reclaim(),
+            (Sender::Wire(conn), _) => Some(conn),
+            _ => None,
+        };
+        let Some(conn) = conn else {
             return;
         };
-        if sender.is_closed() {
-            return;
-        }
+        let now = Instant::now();
         let mut idle = self.member.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // the oldest first: ones past their time are closed here, not only when reached
+        if idle.first().is_some_and(|c| c.expires <= now) {
+            idle.retain(|c| c.expires > now);
+        }
         if idle.len() < MAX_IDLE_PER_MEMBER {
             idle.push(IdleConn {
-                sender,
-                expires: Instant::now() + self.idle_limit,
-                released: Instant::now(),
+                conn,
+                expires: now + self.idle_limit,
+                released: now,
             });
         }
     }
@@ -511,7 +550,7 @@ impl PooledConn {
 /// body is done, and the member's label for the access log.
 pub struct Sent {
     /// The upstream's response.
-    pub response: Response<Incoming>,
+    pub response: Response<RespBody>,
     /// The connection it came on.
     pub conn: PooledConn,
     /// Which member answered.
@@ -691,9 +730,7 @@ impl Pool {
                         read,
                     });
                 }
-                Ok(Err(mut e)) => {
-                    let unsent = e.take_message();
-                    let error = e.into_error();
+                Ok(Err((unsent, error))) => {
                     match (unsent, copy) {
                         (Some(back), _) if retry_left => req = back,
                         // a non-idempotent request is sent again only when the connection
@@ -731,7 +768,7 @@ impl Pool {
 
     /// Whether `response`'s body is read whole before it is handed on (see `READ_AHEAD`):
     /// HTTP/1 only, where a body of known length carries no trailers.
-    fn reads_ahead(&self, response: &Response<Incoming>) -> bool {
+    fn reads_ahead(&self, response: &Response<RespBody>) -> bool {
         let body = response.body();
         self.protocol != UpstreamProtocol::H2c
             && !body.is_end_stream()
@@ -921,7 +958,7 @@ impl Pool {
             if self.protocol == UpstreamProtocol::H2c {
                 into_h2(&mut req, &host);
             }
-            let resp = conn.sender.send(req).await.ok()?;
+            let resp = conn.sender.try_send(req).await.ok()?;
             let s = resp.status().as_u16();
             Some((hc.status.0..=hc.status.1).contains(&s))
         };
@@ -949,7 +986,7 @@ impl Pool {
             };
         }
         loop {
-            let candidate = {
+            let mut candidate = {
                 let mut idle = member.idle.lock().unwrap_or_else(|e| e.into_inner());
                 // LIFO: the most recently used is the likeliest still open at the app
                 match idle.pop() {
@@ -960,31 +997,14 @@ impl Pool {
                     other => other,
                 }
             }?;
-            let idled = candidate.released.elapsed();
-            let mut sender = Sender::H1(candidate.sender);
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.is_ready() {
+            // one the app has closed meanwhile is dropped here, not sent on
+            if candidate.conn.is_usable() {
                 return Some(PooledConn {
-                    sender,
+                    sender: Sender::Wire(candidate.conn),
                     member: member.clone(),
                     idle_limit: self.idle_timeout,
-                    idled,
+                    idled: candidate.released.elapsed(),
                 });
-            }
-            // A connection released right after its response body ended may need a moment for
-            // its task to become ready again; one that fails here is dead, so try the next.
-            match tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                Ok(Ok(())) => {
-                    return Some(PooledConn {
-                        sender,
-                        member: member.clone(),
-                        idle_limit: self.idle_timeout,
-                        idled,
-                    })
-                }
-                _ => continue,
             }
         }
     }
@@ -1011,7 +1031,10 @@ impl Pool {
                 return Err(fail(e));
             }
         };
-        let response = tokio::time::timeout(self.response_timeout, conn.sender.send(req))
+        let Sender::H1(sender) = &mut conn.sender else {
+            unreachable!("an upgrade's connection is hyper's HTTP/1.1")
+        };
+        let response = tokio::time::timeout(self.response_timeout, sender.send_request(req))
             .await
             .map_err(|_| {
                 fail(ProxyError::UpstreamTimeout {
@@ -1021,7 +1044,7 @@ impl Pool {
             .map_err(|source| {
                 fail(ProxyError::UpstreamProtocol {
                     addr: member.label.to_string(),
-                    source,
+                    source: source.into(),
                 })
             })?;
         Ok((response, conn, member.label.clone()))
@@ -1035,16 +1058,20 @@ impl Pool {
         let upgrades = why == Open::Upgrade;
         let h2 = self.protocol == UpstreamProtocol::H2c && !upgrades;
         let connecting = async {
-            match &member.addr {
+            let io = match &member.addr {
                 UpstreamAddr::Tcp { host, port } => {
                     let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                     tcp.set_nodelay(true)?;
-                    handshake(tcp, upgrades, h2).await
+                    h1::Io::Tcp(tcp)
                 }
                 UpstreamAddr::Unix(path) => {
-                    handshake(tokio::net::UnixStream::connect(path).await?, upgrades, h2).await
+                    h1::Io::Unix(tokio::net::UnixStream::connect(path).await?)
                 }
+            };
+            if !h2 && !upgrades {
+                return Ok(Sender::Wire(h1::Conn::new(io)));
             }
+            handshake(io, upgrades, h2).await
         };
         let sender = tokio::time::timeout(self.connect_timeout, connecting)
             .await
@@ -1080,10 +1107,8 @@ enum Open {
     Upgrade,
 }
 
-async fn handshake<T>(io: T, upgrades: bool, h2: bool) -> std::io::Result<Sender>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+/// A hyper client connection over `io`: HTTP/2, or HTTP/1.1 for an upgrade.
+async fn handshake(io: h1::Io, upgrades: bool, h2: bool) -> std::io::Result<Sender> {
     if h2 {
         let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())

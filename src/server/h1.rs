@@ -8,7 +8,7 @@
 //! with the bytes read so far, which answers exactly as it always has.
 
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::conn::{drive, ClientIo, Watched};
 use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
+use crate::wire::{has_token, parse_length, write_two};
 
 /// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
 /// which allows `max_headers`. Browsers send about 15.
@@ -287,6 +288,9 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     }
 }
 
+/// Headers a proxied request gains (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`).
+const FORWARDING_ROOM: usize = 4;
+
 /// The request of a parsed head: its target and header values share `head`'s bytes.
 fn request(
     head: &Bytes,
@@ -295,7 +299,8 @@ fn request(
     names: Vec<(HeaderName, usize, usize)>,
 ) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
-    let mut map = HeaderMap::with_capacity(names.len());
+    // (room for the forwarding headers a proxied request gets: no regrowth on the way)
+    let mut map = HeaderMap::with_capacity(names.len() + FORWARDING_ROOM);
     for (name, at, len) in names {
         map.append(
             name,
@@ -313,21 +318,6 @@ fn request(
 /// Where `part` (a slice of `whole`) starts in it.
 fn offset(whole: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
-}
-
-/// A Content-Length value: digits only (`u64`'s parser would also take a `+`).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// Whether a comma-separated header value has `token` (ASCII case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How a response body goes on the wire.
@@ -532,33 +522,6 @@ where
     write_two(io, out, &[]).await
 }
 
-/// Writes `first` (then empties it) and `second`, in as few writes as the transport allows.
-async fn write_two<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    first: &mut Vec<u8>,
-    second: &[u8],
-) -> io::Result<()> {
-    let (mut a, mut b) = (&first[..], second);
-    while !a.is_empty() || !b.is_empty() {
-        let n = if b.is_empty() {
-            io.write(a).await?
-        } else if a.is_empty() {
-            io.write(b).await?
-        } else {
-            io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-                .await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let from_a = n.min(a.len());
-        a = &a[from_a..];
-        b = &b[n - from_a..];
-    }
-    first.clear();
-    Ok(())
-}
-
 /// The Date header's value, formatted once a second per thread (as hyper does).
 mod date {
     use std::cell::RefCell;
@@ -662,21 +625,6 @@ mod tests {
         assert_eq!(&buf[..], raw);
     }
 
-    #[test]
-    fn a_content_length_is_digits_only() {
-        assert_eq!(parse_length(b"120"), Some(120));
-        for bad in [
-            &b"+5"[..],
-            b"",
-            b" 5",
-            b"5 ",
-            b"-1",
-            b"99999999999999999999999",
-        ] {
-            assert_eq!(parse_length(bad), None, "{bad:?}");
-        }
-    }
-
     fn head(resp: Response<Body>, is_head: bool, close: bool) -> (String, Framing) {
         let (parts, body) = resp.into_parts();
         let mut out = Vec::new();
@@ -720,12 +668,5 @@ mod tests {
         let (text, f) = head(Response::new(Body::empty()), false, false);
         assert_eq!(text, "HTTP/1.1 200 OK\ncontent-length: 0\n");
         assert_eq!(f.kind, Kind::Length(0));
-    }
-
-    #[test]
-    fn has_token_reads_lists() {
-        assert!(has_token(b"keep-alive, close", b"close"));
-        assert!(has_token(b" CLOSE ", b"close"));
-        assert!(!has_token(b"closed", b"close"));
     }
 }

@@ -481,7 +481,12 @@ async fn a_member_dying_after_the_head_costs_a_get_nothing() {
             .body(http_body_util::Full::new(bytes::Bytes::from("x")))
             .unwrap();
         let mut c = Client::plain(usher.http, Proto::H1).await;
-        let resp = c.send_streaming(post).await.expect("response head");
+        // a cut response: the head and part of the body, or (when the app's close is already
+        // known as the head goes out) the connection closed before any of it
+        let Ok(resp) = c.send_streaming(post).await else {
+            cut_posts += 1;
+            continue;
+        };
         assert_eq!(resp.status(), 200);
         let body = tokio::time::timeout(
             Duration::from_secs(10),

@@ -21,3 +21,4 @@ mod shutdown;
 mod static_files;
 mod tls;
 mod upgrade;
+mod upstream_h1;

@@ -1,0 +1,890 @@
+//! usher's own HTTP/1.1 client connection, for the pool's keep-alive connections to the app.
+//!
+//! hyper's client runs every connection as a task of its own, and a request, its response head
+//! and every body chunk cross between that task and the request's through channels: on a small
+//! proxied request that was a third of usher's work. Here the request's own task writes the
+//! head and body and reads the response; the response body owns the connection while it is
+//! read, and hands it back ([`Body::reclaim`]) once it ended where the next response begins.
+//!
+//! The rules are RFC 9112's, as hyper applies them: a body to HEAD or a 1xx/204/304 is empty;
+//! chunked wins over Content-Length (and such a connection is not reused); a body without
+//! either runs to the close; 1xx interim heads are skipped. Upgrades stay on hyper (`Pool::
+//! upgrade`), as does HTTP/2.
+
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::ReqBody;
+use crate::body::BoxError;
+use crate::wire::{has_token, parse_length, write_two};
+
+/// Most headers a response head may have (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Longest response head, status line and headers (a head this long is a broken app).
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest trailer section of a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 1024;
+/// A read gets at least this much room...
+const READ_ROOM: usize = 1024;
+/// ...and the buffer grows by this much when less is left (a small response fits at once).
+const READ_SIZE: usize = 8 * 1024;
+/// The most it grows by for a long body of known length: fewer, larger reads.
+const BIG_READ: usize = 64 * 1024;
+/// Request body data up to this size is gathered with the head into one write.
+const GATHER: usize = 16 * 1024;
+
+/// A connection's transport: TCP, or a Unix socket.
+#[derive(Debug)]
+pub enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One keep-alive connection to a member, between requests.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    /// What was read and not yet used.
+    buf: BytesMut,
+    /// The request head (and small body data) being written; kept for the next request.
+    out: Vec<u8>,
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl Conn {
+    /// A connection over `io`, nothing sent yet.
+    pub fn new(io: Io) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: still open at the app, with nothing
+    /// unasked-for waiting to be read. (A look without waiting: the read, if any, would block.)
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_read(&mut cx, READ_SIZE).is_pending()
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, grow: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM {
+            self.buf.reserve(grow);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Sends `req` and reads the response head. The connection goes on with the response
+    /// body; an error leaves it closed.
+    pub async fn send(mut self, req: Request<ReqBody>) -> io::Result<Response<Body>> {
+        let (mut parts, mut body) = req.into_parts();
+        let sending = encode_head(&mut self.out, &mut parts, &body)?;
+        let whole = match sending {
+            Sending::Length(0) => {
+                write_two(&mut self.io, &mut self.out, &[]).await?;
+                true
+            }
+            _ => self.write_body(&mut body, sending).await?,
+        };
+        drop(body);
+        let is_head = parts.method == Method::HEAD;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some((head, mut decode, keep)) = parse_head(&mut self.buf, is_head)? {
+                    settle(&mut decode, &mut self.buf);
+                    let mut response = Response::new(Body {
+                        conn: Some(self),
+                        decode,
+                        keep: keep && whole,
+                    });
+                    *response.status_mut() = head.0;
+                    *response.version_mut() = head.1;
+                    *response.headers_mut() = head.2;
+                    return Ok(response);
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(invalid("response head too long"));
+                }
+            }
+            if poll_fn(|cx| self.poll_read(cx, READ_SIZE)).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    if self.buf.is_empty() {
+                        "the app closed the connection before a response"
+                    } else {
+                        "the app closed the connection within the response head"
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Writes the body after the head in `out`, gathering small pieces. False when the app
+    /// answered (or closed) before the body was all sent: the rest is not sent, and the
+    /// connection is not reused.
+    async fn write_body(&mut self, body: &mut ReqBody, sending: Sending) -> io::Result<bool> {
+        let mut left = match sending {
+            Sending::Length(n) => n,
+            Sending::Chunked => u64::MAX,
+        };
+        while left > 0 {
+            let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // what is gathered goes out while the client sends more; an app that
+                    // answers meanwhile (a 413, a redirect) ends the upload
+                    write_two(&mut self.io, &mut self.out, &[]).await?;
+                    let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                        Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                        Poll::Pending if self.poll_read(cx, READ_SIZE).is_ready() => {
+                            Poll::Ready(None)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    })
+                    .await;
+                    match next {
+                        Some(frame) => frame,
+                        None => return Ok(false),
+                    }
+                }
+            };
+            let data = match frame.map(|f| f.map(Frame::into_data)) {
+                None => break,
+                Some(Ok(Ok(data))) => data,
+                // (request trailers are not passed on)
+                Some(Ok(Err(_))) => continue,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            };
+            if data.is_empty() {
+                continue;
+            }
+            match sending {
+                Sending::Chunked => {
+                    let _ = write!(self.out, "{:x}\r\n", data.len());
+                }
+                Sending::Length(_) if data.len() as u64 > left => {
+                    return Err(io::Error::other(
+                        "request body longer than its Content-Length",
+                    ))
+                }
+                Sending::Length(_) => left -= data.len() as u64,
+            }
+            if self.out.len() + data.len() <= GATHER {
+                self.out.extend_from_slice(&data);
+            } else {
+                write_two(&mut self.io, &mut self.out, &data).await?;
+            }
+            if sending == Sending::Chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        match sending {
+            Sending::Length(_) if left > 0 => {
+                return Err(io::Error::other(
+                    "request body shorter than its Content-Length",
+                ))
+            }
+            Sending::Length(_) => {}
+            Sending::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+        }
+        write_two(&mut self.io, &mut self.out, &[]).await?;
+        Ok(true)
+    }
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request line and headers into `out`, with hyper's client rules for framing:
+/// an empty body adds nothing, a Content-Length already set is kept, a body of known size
+/// gets one, GET/HEAD/CONNECT send none of an unknown one, anything else goes chunked.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &mut http::request::Parts,
+    body: &ReqBody,
+) -> io::Result<Sending> {
+    // framing is this connection's to choose
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let sending = if body.is_end_stream() {
+        Sending::Length(0)
+    } else if let Some(v) = parts.headers.get(header::CONTENT_LENGTH) {
+        Sending::Length(
+            parse_length(v.as_bytes()).ok_or_else(|| invalid("bad request Content-Length"))?,
+        )
+    } else if let Some(n) = body.size_hint().exact() {
+        parts.headers.insert(header::CONTENT_LENGTH, n.into());
+        Sending::Length(n)
+    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        Sending::Length(0)
+    } else {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Sending::Chunked
+    };
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
+        _ => {
+            let _ = write!(out, "{}", parts.uri);
+        }
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(sending)
+}
+
+/// A response head: status, version, headers.
+type Head = (StatusCode, Version, HeaderMap);
+
+/// Parses the response head at the start of `buf` and splits it off: `None` while it is
+/// incomplete. A 1xx interim head is dropped and the next one parsed. Also returns how the
+/// body is framed and whether the connection may be reused after it.
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Decode, bool)>> {
+    loop {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut offsets = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(invalid("response head with more than 100 headers"))
+            }
+            Err(_) => return Err(invalid("malformed response head")),
+        };
+        if len > MAX_HEAD {
+            return Err(invalid("response head too long"));
+        }
+        let code = parsed.code.unwrap_or(0);
+        let version = match parsed.version {
+            Some(1) => Version::HTTP_11,
+            _ => Version::HTTP_10,
+        };
+        let count = parsed.headers.len();
+        let base = buf.as_ptr() as usize;
+        for (o, h) in offsets.iter_mut().zip(parsed.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *o = (
+                name as u32,
+                h.name.len() as u32,
+                value as u32,
+                h.value.len() as u32,
+            );
+        }
+        let status =
+            StatusCode::from_u16(code).map_err(|_| invalid("response status out of range"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(invalid(
+                    "101 Switching Protocols to a request without Upgrade",
+                ));
+            }
+            // (100 Continue, 103 Early Hints: interim, not passed on)
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(count);
+        let mut length = None;
+        let mut chunked = None;
+        let mut close = false;
+        let mut keep_alive = false;
+        for &(n, nl, v, vl) in &offsets[..count] {
+            let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
+                .map_err(|_| invalid("malformed response header name"))?;
+            let raw = &head[v as usize..(v + vl) as usize];
+            match name {
+                header::CONTENT_LENGTH => {
+                    let n = parse_length(raw).ok_or_else(|| invalid("bad Content-Length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(invalid("conflicting Content-Length headers"));
+                    }
+                    if length.replace(n).is_some() {
+                        continue;
+                    }
+                }
+                header::TRANSFER_ENCODING => {
+                    // (only the last coding counts: chunked must be the final one)
+                    let last = raw.rsplit(|b| *b == b',').next().unwrap_or_default();
+                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                header::CONNECTION => {
+                    close |= has_token(raw, b"close");
+                    keep_alive |= has_token(raw, b"keep-alive");
+                }
+                _ => {}
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+                .map_err(|_| invalid("malformed response header value"))?;
+            map.append(name, value);
+        }
+        let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
+        let decode =
+            if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                Decode::Length(0)
+            } else if let Some(chunked) = chunked {
+                // both framings at once is how responses get smuggled: the connection ends here
+                keep &= chunked && length.is_none();
+                if chunked {
+                    Decode::Chunked(Chunk::Size)
+                } else {
+                    keep = false;
+                    Decode::Close
+                }
+            } else if let Some(n) = length {
+                Decode::Length(n)
+            } else {
+                keep = false;
+                Decode::Close
+            };
+        return Ok(Some(((status, version, map), decode, keep)));
+    }
+}
+
+/// Where a response body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the app closes the connection.
+    Close,
+    Done,
+    /// Ended with an error.
+    Failed,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Within a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, before the trailer section's end.
+    Trailers,
+}
+
+/// What one step of decoding gave.
+enum Step {
+    Frame(Frame<Bytes>),
+    /// Nothing yet: read more.
+    More,
+    End,
+}
+
+/// A response body read off its connection.
+#[derive(Debug)]
+pub struct Body {
+    /// `None` once reclaimed.
+    conn: Option<Conn>,
+    decode: Decode,
+    /// The connection may carry another request once this body ends.
+    keep: bool,
+}
+
+impl Body {
+    /// The connection back, when the body ended exactly where the next response would begin
+    /// and both sides meant to keep it.
+    pub fn reclaim(&mut self) -> Option<Conn> {
+        if !self.keep || !self.is_end_stream() {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+}
+
+/// Moves past what carries no data (a chunk's CRLF, its size line, the empty trailer section)
+/// as far as `buf` allows, so the end of a body shows in `is_end_stream` with its last data.
+/// (Errors are left for [`step`] to find.)
+fn settle(decode: &mut Decode, buf: &mut BytesMut) {
+    loop {
+        match *decode {
+            Decode::Chunked(Chunk::DataEnd) if buf.starts_with(b"\r\n") => {
+                buf.advance(2);
+                *decode = Decode::Chunked(Chunk::Size);
+            }
+            Decode::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((at, n))) => {
+                    buf.advance(at);
+                    *decode = Decode::Chunked(match n {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    });
+                }
+                _ => return,
+            },
+            Decode::Chunked(Chunk::Trailers) if buf.starts_with(b"\r\n") => {
+                buf.advance(2);
+                *decode = Decode::Done;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One step of decoding from what is buffered.
+fn step(decode: &mut Decode, buf: &mut BytesMut) -> io::Result<Step> {
+    loop {
+        let (state, step) = match *decode {
+            Decode::Done | Decode::Failed | Decode::Length(0) => return Ok(Step::End),
+            _ if buf.is_empty() => return Ok(Step::More),
+            Decode::Length(n) => {
+                let take = n.min(buf.len() as u64);
+                (Decode::Length(n - take), data(buf, take as usize))
+            }
+            Decode::Close => (Decode::Close, data(buf, buf.len())),
+            Decode::Chunked(Chunk::Data(n)) => {
+                let take = n.min(buf.len() as u64);
+                let next = match n - take {
+                    0 => Chunk::DataEnd,
+                    rest => Chunk::Data(rest),
+                };
+                (Decode::Chunked(next), data(buf, take as usize))
+            }
+            Decode::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(invalid("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                (Decode::Chunked(Chunk::Size), Step::More)
+            }
+            Decode::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((at, n))) => {
+                    buf.advance(at);
+                    let next = match n {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    };
+                    (Decode::Chunked(next), Step::More)
+                }
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
+                    return Ok(Step::More)
+                }
+                _ => return Err(invalid("malformed chunk size line")),
+            },
+            Decode::Chunked(Chunk::Trailers) => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    (Decode::Done, Step::End)
+                } else {
+                    match trailers(buf)? {
+                        Some(map) => (Decode::Done, Step::Frame(Frame::trailers(map))),
+                        None => return Ok(Step::More),
+                    }
+                }
+            }
+        };
+        *decode = state;
+        match step {
+            Step::More => continue,
+            done => return Ok(done),
+        }
+    }
+}
+
+/// The next `n` buffered bytes as a data frame.
+fn data(buf: &mut BytesMut, n: usize) -> Step {
+    Step::Frame(Frame::data(buf.split_to(n).freeze()))
+}
+
+/// The trailer section at the start of `buf`, split off; `None` while it is incomplete.
+fn trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
+        _ => return Err(invalid("malformed trailer section")),
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    buf.advance(len);
+    Ok(Some(map))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match step(&mut this.decode, &mut conn.buf) {
+                Ok(Step::Frame(frame)) => {
+                    settle(&mut this.decode, &mut conn.buf);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    if this.decode != Decode::Failed {
+                        this.decode = Decode::Done;
+                    }
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+            }
+            let grow = match this.decode {
+                Decode::Length(n) => (n as usize).clamp(READ_SIZE, BIG_READ),
+                _ => 2 * READ_SIZE,
+            };
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(conn.poll_read(cx, grow)) {
+                Ok(0) if this.decode == Decode::Close => {
+                    this.decode = Decode::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the app closed the connection within the response body",
+                    );
+                    return Poll::Ready(Some(Err(this.fail(e))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.decode, Decode::Done | Decode::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Body {
+    /// Ends the body with `e`; the connection closes.
+    fn fail(&mut self, e: io::Error) -> BoxError {
+        self.decode = Decode::Failed;
+        self.keep = false;
+        self.conn = None;
+        e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes what `raw` holds: the frames, where decoding stopped, what is left over.
+    fn decode(raw: &[u8], mut decode: Decode) -> (Vec<Frame<Bytes>>, Decode, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        settle(&mut decode, &mut buf);
+        let mut frames = Vec::new();
+        loop {
+            match step(&mut decode, &mut buf).unwrap() {
+                Step::Frame(f) => {
+                    frames.push(f);
+                    settle(&mut decode, &mut buf);
+                }
+                Step::End => break (frames, Decode::Done, buf),
+                Step::More => break (frames, decode, buf),
+            }
+        }
+    }
+
+    fn text(frames: &[Frame<Bytes>]) -> String {
+        frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_and_its_end_seen_with_the_last_data() {
+        let mut buf = BytesMut::from(&b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"[..]);
+        let mut d = Decode::Chunked(Chunk::Size);
+        settle(&mut d, &mut buf);
+        let mut got = String::new();
+        while let Step::Frame(f) = step(&mut d, &mut buf).unwrap() {
+            got.push_str(std::str::from_utf8(f.data_ref().unwrap()).unwrap());
+            settle(&mut d, &mut buf);
+            if got == "hello world" {
+                // the end is known with the last data, before anyone asks for more
+                assert_eq!(d, Decode::Done);
+            }
+        }
+        assert_eq!(got, "hello world");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn chunked_trailers_become_a_frame() {
+        let (frames, d, rest) = decode(
+            b"2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n",
+            Decode::Chunked(Chunk::Size),
+        );
+        assert_eq!(d, Decode::Done);
+        assert!(rest.is_empty());
+        let t = frames.last().and_then(|f| f.trailers_ref()).unwrap();
+        assert_eq!(t["x-checksum"], "abc");
+    }
+
+    #[test]
+    fn a_partial_chunk_waits_and_bad_framing_fails() {
+        let (frames, d, _) = decode(b"a\r\nhel", Decode::Chunked(Chunk::Size));
+        assert_eq!(text(&frames), "hel");
+        assert_eq!(d, Decode::Chunked(Chunk::Data(7)));
+        for bad in [&b"zz\r\n"[..], b"2\r\nokX\r\n"] {
+            let mut buf = BytesMut::from(bad);
+            let mut d = Decode::Chunked(Chunk::Size);
+            let failed = loop {
+                match step(&mut d, &mut buf) {
+                    Ok(Step::Frame(_)) => continue,
+                    Ok(_) => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(failed, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (frames, d, rest) = decode(b"abcEXTRA", Decode::Length(3));
+        assert_eq!(text(&frames), "abc");
+        assert_eq!(d, Decode::Done);
+        // (left over: `Body::reclaim` refuses such a connection)
+        assert_eq!(&rest[..], b"EXTRA");
+    }
+
+    fn head(raw: &[u8], is_head: bool) -> io::Result<Option<(Head, Decode, bool)>> {
+        parse_head(&mut BytesMut::from(raw), is_head)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let framing = |raw: &[u8], is_head| {
+            let (_, d, keep) = head(raw, is_head).unwrap().unwrap();
+            (d, keep)
+        };
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+            (Decode::Length(5), true)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true),
+            (Decode::Length(0), true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+                false
+            ),
+            (Decode::Length(0), true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            (Decode::Chunked(Chunk::Size), true)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                false
+            ),
+            (Decode::Chunked(Chunk::Size), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            (Decode::Close, false)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                false
+            ),
+            (Decode::Length(1), false)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false),
+            (Decode::Length(1), false)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                false
+            ),
+            (Decode::Length(1), true)
+        );
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_bad_heads_refused() {
+        let ((status, _, map), ..) = head(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nx: 1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(map["x"], "1");
+        assert_eq!(map.get_all("content-length").iter().count(), 1);
+        assert!(head(b"HTTP/1.1 200 OK\r\ncontent-length", false)
+            .unwrap()
+            .is_none());
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(head(bad, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn request_heads_follow_hyper_framing() {
+        let encode = |method: Method, headers: &[(&str, &str)], body: ReqBody| {
+            let mut req = Request::new(());
+            *req.method_mut() = method;
+            *req.uri_mut() = "/p?q=1".parse().unwrap();
+            for (n, v) in headers {
+                req.headers_mut().append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let (mut parts, ()) = req.into_parts();
+            let mut out = Vec::new();
+            let sending = encode_head(&mut out, &mut parts, &body).unwrap();
+            (String::from_utf8(out).unwrap(), sending)
+        };
+        let (text, sending) = encode(
+            Method::GET,
+            &[("host", "a"), ("transfer-encoding", "chunked")],
+            ReqBody::Empty,
+        );
+        assert_eq!(text, "GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert_eq!(sending, Sending::Length(0));
+        let (text, sending) = encode(Method::POST, &[("content-length", "0")], ReqBody::Empty);
+        assert_eq!(text, "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(sending, Sending::Length(0));
+    }
+}

@@ -1,0 +1,257 @@
+//! usher's own HTTP/1.1 client to the app (`upstream/h1.rs`), against a scripted app on a raw
+//! socket: the response framings RFC 9112 allows, broken responses, connection reuse, and an
+//! app that answers an upload before it has all of it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::support::client::{get, Client, Proto};
+use crate::support::{bounded, eventually, TestServer};
+
+/// What the app does after an answer.
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Waits for the next request on the connection.
+    Keep,
+    /// Closes the connection.
+    Close,
+    /// Shuts its side down, then reads (and drops) what still comes until the peer closes.
+    Drain,
+}
+
+/// An app that answers every request head with fixed bytes, chosen by the request line.
+struct RawApp {
+    addr: String,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawApp {
+    async fn start(answer: fn(&str) -> (&'static [u8], After)) -> RawApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    serve(s, answer).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawApp {
+            addr,
+            accepted,
+            closed,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One connection: reads request heads (bodies are not read), answers each.
+async fn serve(mut s: TcpStream, answer: fn(&str) -> (&'static [u8], After)) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let (bytes, after) = answer(head.lines().next().unwrap_or(""));
+        if s.write_all(bytes).await.is_err() {
+            return;
+        }
+        match after {
+            After::Keep => {}
+            After::Close => return,
+            After::Drain => {
+                let _ = s.shutdown().await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+fn config(app: &RawApp, route: &str) -> String {
+    format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n{route}",
+        app.addr
+    )
+}
+
+/// Interim 1xx heads are skipped, a chunked body with extensions is decoded, its trailers
+/// reach a client that asked for them, and the connection carries the next request.
+#[tokio::test]
+async fn chunked_bodies_interim_heads_and_trailers_on_a_reused_connection() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n",
+            After::Keep,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for _ in 0..3 {
+        let mut req = get("app.test", "/c");
+        req.headers_mut().insert("te", "trailers".parse().unwrap());
+        let r = c.send(req).await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "hello world".into()));
+        assert!(
+            r.headers.get("link").is_none(),
+            "an interim head is not the answer"
+        );
+        assert_eq!(r.trailers.expect("trailers")["x-sum"], "1");
+    }
+    assert_eq!(app.accepted(), 1, "one connection carried every request");
+}
+
+/// A body without a length runs to the close (an HTTP/1.0 app), and that connection is not
+/// used again.
+#[tokio::test]
+async fn a_body_without_a_length_runs_to_the_close() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the close",
+            After::Close,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for _ in 0..2 {
+        let r = c.get("app.test", "/").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "until the close".into())
+        );
+    }
+    assert_eq!(app.accepted(), 2);
+}
+
+/// A connection the app closed while it sat in the pool is noticed before a request is
+/// written on it: the request goes on a new connection (with one member and a connection
+/// used moments ago, nothing would send it again).
+#[tokio::test]
+async fn a_pooled_connection_the_app_closed_is_not_used() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            After::Close,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for i in 1..=3 {
+        let r = c.get("app.test", "/").await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
+        eventually("the app closed its side", || app.closed() == i).await;
+    }
+    assert_eq!(app.accepted(), 3);
+}
+
+/// A response that is not HTTP, has a status of four digits, frames its body two ways, or
+/// switches protocols unasked is a 502 with a short body; usher goes on serving.
+#[tokio::test]
+async fn broken_responses_get_502() {
+    let app = RawApp::start(|line| {
+        let bytes: &'static [u8] = if line.contains("/garbage") {
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n"
+        } else if line.contains("/lengths") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"
+        } else if line.contains("/switch") {
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+        } else if line.contains("/status") {
+            b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        };
+        (bytes, After::Close)
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for path in ["/garbage", "/lengths", "/switch", "/status"] {
+        let r = c.get("app.test", path).await;
+        assert_eq!(r.status.as_u16(), 502, "{path}");
+        assert!(r.body.len() < 200, "{path}: a short body");
+    }
+    assert_eq!(c.get("app.test", "/fine").await.text(), "ok");
+}
+
+/// An app that refuses an upload as soon as it sees the head (a 413) gets its answer to the
+/// client while the client is still sending: usher stops sending the body upstream.
+#[tokio::test]
+async fn an_early_answer_to_a_streamed_upload_reaches_the_client() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
+            After::Drain,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "buffer_requests = false\n")).await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    // the head and a first chunk; the rest never comes
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"too big!") {
+        let n = bounded("the early answer", s.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
