@@ -41,7 +41,7 @@ const READ_ROOM: usize = 1024;
 /// ...and the buffer grows by this much when less is left (a small response fits at once).
 const READ_SIZE: usize = 8 * 1024;
 /// The most it grows by for a long body of known length: fewer, larger reads.
-const BIG_READ: usize = 64 * 1024;
+const BIG_READ: usize = 256 * 1024;
 /// Request body data up to this size is gathered with the head into one write.
 const GATHER: usize = 16 * 1024;
 
@@ -403,10 +403,17 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
                     // (only the last coding counts: chunked must be the final one)
                     let last = raw.rsplit(|b| *b == b',').next().unwrap_or_default();
                     chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    // the body is decoded here: its framing is not passed on
+                    continue;
                 }
                 header::CONNECTION => {
                     close |= has_token(raw, b"close");
                     keep_alive |= has_token(raw, b"keep-alive");
+                    // hop-by-hop: dropped here when it names no other header, so the proxy's
+                    // strip finds nothing to do on the usual response
+                    if only_connection_options(raw) {
+                        continue;
+                    }
                 }
                 _ => {}
             }
@@ -435,6 +442,14 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
             };
         return Ok(Some(((status, version, map), decode, keep)));
     }
+}
+
+/// Whether a Connection value holds only `keep-alive` and `close`: it names no header.
+fn only_connection_options(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// Where a response body is.
@@ -846,6 +861,22 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(map["x"], "1");
         assert_eq!(map.get_all("content-length").iter().count(), 1);
+        // framing and connection options are this hop's, and consumed here; a Connection
+        // that names a header stays for the proxy's strip
+        let ((.., map), ..) = head(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(map.is_empty(), "{map:?}");
+        let ((.., map), ..) = head(
+            b"HTTP/1.1 200 OK\r\nconnection: close, x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(map["connection"], "close, x-secret");
         assert!(head(b"HTTP/1.1 200 OK\r\ncontent-length", false)
             .unwrap()
             .is_none());
