@@ -12,10 +12,10 @@
 //! upgrade`), as does HTTP/2.
 
 use std::future::poll_fn;
-use std::io::{self, Write as _};
+use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,7 +26,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ReqBody;
 use crate::body::BoxError;
-use crate::wire::{has_token, parse_length, write_two};
+use crate::wire::{has_token, parse_length};
 
 /// Most headers a response head may have (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -137,8 +137,61 @@ impl Conn {
         if !self.buf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(Waker::noop());
-        self.poll_read(&mut cx, READ_SIZE).is_pending()
+        if self.buf.capacity() < READ_ROOM {
+            self.buf.reserve(READ_SIZE);
+        }
+        // (not a poll: tokio's cooperative budget could make that say "pending" unlooked)
+        let read = match &self.io {
+            Io::Tcp(s) => s.try_read_buf(&mut self.buf),
+            Io::Unix(s) => s.try_read_buf(&mut self.buf),
+        };
+        matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// While the request is still being sent: whether the app has answered (a final head, or
+    /// bytes that are none) or closed. Interim 1xx heads (a `100 Continue`) are dropped as
+    /// they come: the app is still reading.
+    fn answered(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            match self.poll_read(cx, READ_SIZE) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(0) | Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+            }
+            while !self.buf.is_empty() {
+                match interim(&self.buf) {
+                    Interim::Head(len) => self.buf.advance(len),
+                    Interim::Partial => break,
+                    Interim::Final => return true,
+                }
+            }
+        }
+    }
+
+    /// Writes `out` (then empties it) and `data` in as few writes as the transport allows,
+    /// watching for the app's answer while a write waits: false when the answer (or the
+    /// close, or a failed write) came first and the rest is not sent.
+    async fn write_out(&mut self, data: &[u8]) -> bool {
+        let total = self.out.len() + data.len();
+        let mut sent = 0;
+        let whole = poll_fn(|cx| {
+            while sent < total {
+                let first = self.out.get(sent..).unwrap_or_default();
+                let second = &data[sent.saturating_sub(self.out.len())..];
+                let bufs = [IoSlice::new(first), IoSlice::new(second)];
+                match Pin::new(&mut self.io).poll_write_vectored(cx, &bufs) {
+                    Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                    // (an app that closed: what it said, if anything, is read next)
+                    Poll::Ready(_) => return Poll::Ready(false),
+                    Poll::Pending if self.answered(cx) => return Poll::Ready(false),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(true)
+        })
+        .await;
+        self.out.clear();
+        whole
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>, grow: usize) -> Poll<io::Result<usize>> {
@@ -154,10 +207,7 @@ impl Conn {
         let (mut parts, mut body) = req.into_parts();
         let sending = encode_head(&mut self.out, &mut parts, &body)?;
         let whole = match sending {
-            Sending::Length(0) => {
-                write_two(&mut self.io, &mut self.out, &[]).await?;
-                true
-            }
+            Sending::Length(0) => self.write_out(&[]).await,
             _ => self.write_body(&mut body, sending).await?,
         };
         drop(body);
@@ -207,12 +257,12 @@ impl Conn {
                 Poll::Pending => {
                     // what is gathered goes out while the client sends more; an app that
                     // answers meanwhile (a 413, a redirect) ends the upload
-                    write_two(&mut self.io, &mut self.out, &[]).await?;
+                    if !self.write_out(&[]).await {
+                        return Ok(false);
+                    }
                     let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
                         Poll::Ready(frame) => Poll::Ready(Some(frame)),
-                        Poll::Pending if self.poll_read(cx, READ_SIZE).is_ready() => {
-                            Poll::Ready(None)
-                        }
+                        Poll::Pending if self.answered(cx) => Poll::Ready(None),
                         Poll::Pending => Poll::Pending,
                     })
                     .await;
@@ -245,8 +295,8 @@ impl Conn {
             }
             if self.out.len() + data.len() <= GATHER {
                 self.out.extend_from_slice(&data);
-            } else {
-                write_two(&mut self.io, &mut self.out, &data).await?;
+            } else if !self.write_out(&data).await {
+                return Ok(false);
             }
             if sending == Sending::Chunked {
                 self.out.extend_from_slice(b"\r\n");
@@ -261,8 +311,7 @@ impl Conn {
             Sending::Length(_) => {}
             Sending::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
         }
-        write_two(&mut self.io, &mut self.out, &[]).await?;
-        Ok(true)
+        Ok(self.write_out(&[]).await)
     }
 }
 
@@ -283,6 +332,10 @@ fn encode_head(
 ) -> io::Result<Sending> {
     // framing is this connection's to choose
     parts.headers.remove(header::TRANSFER_ENCODING);
+    if !body.is_end_stream() {
+        // (usher answered the client's `Expect: 100-continue` itself: the body comes at once)
+        parts.headers.remove(header::EXPECT);
+    }
     let sending = if body.is_end_stream() {
         Sending::Length(0)
     } else if let Some(v) = parts.headers.get(header::CONTENT_LENGTH) {
@@ -319,6 +372,60 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(sending)
+}
+
+/// What the start of the buffer is, while a request is still being sent.
+enum Interim {
+    /// A complete interim head (1xx, not 101) of this length.
+    Head(usize),
+    /// Too little to tell.
+    Partial,
+    /// The final answer, or bytes that are not a head.
+    Final,
+}
+
+fn interim(buf: &[u8]) -> Interim {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let done = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    );
+    let interim = |code: Option<u16>| code.is_some_and(|c| (100..200).contains(&c) && c != 101);
+    match done {
+        Ok(httparse::Status::Complete(len)) if interim(parsed.code) => Interim::Head(len),
+        Ok(httparse::Status::Partial) if parsed.code.is_none() || interim(parsed.code) => {
+            Interim::Partial
+        }
+        _ => Interim::Final,
+    }
+}
+
+/// A chunk-size line at the start of `buf` (RFC 9112 section 7.1): hex digits, then
+/// extensions, then CRLF. The line's length and the size; `None` while it is incomplete.
+/// Stricter than httparse's: a digit must come first and a bare CR or LF is refused, as
+/// hyper does (a lenient reading here is how bodies get split differently by two parties).
+fn chunk_size(buf: &[u8]) -> io::Result<Option<(usize, u64)>> {
+    let bad = || invalid("malformed chunk size line");
+    let Some(lf) = buf.iter().take(MAX_CHUNK_LINE).position(|b| *b == b'\n') else {
+        return if buf.len() >= MAX_CHUNK_LINE {
+            Err(bad())
+        } else {
+            Ok(None)
+        };
+    };
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err(bad());
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return Err(bad());
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| bad())?;
+    let size = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+    Ok(Some((lf + 1, size)))
 }
 
 /// A response head: status, version, headers.
@@ -426,8 +533,12 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
             if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 Decode::Length(0)
             } else if let Some(chunked) = chunked {
-                // both framings at once is how responses get smuggled: the connection ends here
-                keep &= chunked && length.is_none();
+                // both framings at once is how responses get smuggled, and HTTP/1.0 has no
+                // Transfer-Encoding: the connection ends here, and the length is not passed on
+                keep &= chunked && length.is_none() && version == Version::HTTP_11;
+                if length.is_some() {
+                    map.remove(header::CONTENT_LENGTH);
+                }
                 if chunked {
                     Decode::Chunked(Chunk::Size)
                 } else {
@@ -517,8 +628,8 @@ fn settle(decode: &mut Decode, buf: &mut BytesMut) {
                 buf.advance(2);
                 *decode = Decode::Chunked(Chunk::Size);
             }
-            Decode::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((at, n))) => {
+            Decode::Chunked(Chunk::Size) => match chunk_size(buf) {
+                Ok(Some((at, n))) => {
                     buf.advance(at);
                     *decode = Decode::Chunked(match n {
                         0 => Chunk::Trailers,
@@ -565,8 +676,8 @@ fn step(decode: &mut Decode, buf: &mut BytesMut) -> io::Result<Step> {
                 buf.advance(2);
                 (Decode::Chunked(Chunk::Size), Step::More)
             }
-            Decode::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((at, n))) => {
+            Decode::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                Some((at, n)) => {
                     buf.advance(at);
                     let next = match n {
                         0 => Chunk::Trailers,
@@ -574,10 +685,7 @@ fn step(decode: &mut Decode, buf: &mut BytesMut) -> io::Result<Step> {
                     };
                     (Decode::Chunked(next), Step::More)
                 }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
-                    return Ok(Step::More)
-                }
-                _ => return Err(invalid("malformed chunk size line")),
+                None => return Ok(Step::More),
             },
             Decode::Chunked(Chunk::Trailers) => {
                 if buf.starts_with(b"\r\n") {
@@ -606,7 +714,7 @@ fn data(buf: &mut BytesMut, n: usize) -> Step {
 
 /// The trailer section at the start of `buf`, split off; `None` while it is incomplete.
 fn trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
-    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let (len, fields) = match httparse::parse_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(done)) => done,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
@@ -826,6 +934,23 @@ mod tests {
             ),
             (Decode::Chunked(Chunk::Size), false)
         );
+        let ((.., map), ..) = head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            map.get("content-length").is_none(),
+            "the length is not passed on"
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+                false
+            ),
+            (Decode::Chunked(Chunk::Size), false)
+        );
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
             (Decode::Close, false)
@@ -888,6 +1013,45 @@ mod tests {
         ] {
             assert!(head(bad, false).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(chunk_size(b"5\r\nhello").unwrap(), Some((3, 5)));
+        assert_eq!(chunk_size(b"A ;name=v\r\n").unwrap(), Some((11, 10)));
+        assert_eq!(chunk_size(b"1f").unwrap(), None);
+        for bad in [
+            &b"\r\n"[..],
+            b" \r\n",
+            b";x\r\n",
+            b"5;a\nb\r\n",
+            b"5\n",
+            b"5x\r\n",
+            b"5;a\rb\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(chunk_size(bad).is_err(), "{bad:?}");
+        }
+        assert!(chunk_size(&[b'1'; MAX_CHUNK_LINE]).is_err());
+    }
+
+    #[test]
+    fn interim_heads_are_told_from_the_answer() {
+        assert!(matches!(
+            interim(b"HTTP/1.1 100 Continue\r\n\r\nHTTP"),
+            Interim::Head(25)
+        ));
+        assert!(matches!(interim(b"HTTP/1.1 1"), Interim::Partial));
+        assert!(matches!(
+            interim(b"HTTP/1.1 103 Early\r\nlink: <"),
+            Interim::Partial
+        ));
+        assert!(matches!(interim(b"HTTP/1.1 413 Too\r\n"), Interim::Final));
+        assert!(matches!(
+            interim(b"HTTP/1.1 101 Switching\r\n\r\n"),
+            Interim::Final
+        ));
+        assert!(matches!(interim(b"garbage\r\n"), Interim::Final));
     }
 
     #[test]

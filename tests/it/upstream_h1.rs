@@ -255,3 +255,75 @@ async fn an_early_answer_to_a_streamed_upload_reaches_the_client() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// A streamed upload the app greets with `100 Continue` (as gunicorn and nginx do for a
+/// request that asked for it) keeps flowing: an interim head is not the answer. The client's
+/// `Expect` is answered by usher itself and not passed on.
+#[tokio::test]
+async fn an_interim_head_does_not_end_a_streamed_upload() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (first_chunk, mut got_first) = tokio::sync::mpsc::channel::<()>(1);
+    let app = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut greeted = false;
+        let mut told = false;
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "usher closed before the body ended");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            if !greeted {
+                greeted = true;
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                assert!(!head.contains("expect:"), "{head}");
+                s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+            }
+            let body = &buf[end + 4..];
+            if !told && body.windows(4).any(|w| w == b"abcd") {
+                told = true;
+                first_chunk.send(()).await.unwrap();
+            }
+            if body.ends_with(b"0\r\n\r\n") {
+                break;
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nwhole one")
+            .await
+            .unwrap();
+        // (held open until the test ends: usher may keep it)
+        let _ = s.read(&mut chunk).await;
+    });
+    let usher = TestServer::start(&format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{addr}\"]\nbuffer_requests = false\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n4\r\nabcd\r\n",
+    )
+    .await
+    .unwrap();
+    bounded("the app got the first chunk", got_first.recv())
+        .await
+        .expect("the app saw the first chunk");
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"whole one") {
+        let n = bounded("the answer", s.read(&mut chunk)).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("HTTP/1.1 200 "), "{text}");
+    app.abort();
+}
