@@ -151,8 +151,7 @@ type SendFailure = (Option<Request<ReqBody>>, crate::body::BoxError);
 impl Sender {
     /// Sends `req`; a request the connection never took is handed back in the error.
     async fn try_send(&mut self, req: Request<ReqBody>) -> Result<Response<RespBody>, SendFailure> {
-        let hyper = |e: TrySendError<Request<ReqBody>>| -> SendFailure {
-            let mut e = e;
+        let hyper = |mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
             let back = e.take_message();
             (back, e.into_error().into())
         };

@@ -18,13 +18,12 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::conn::{drive, ClientIo, Watched};
 use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
-use crate::wire::{has_token, parse_length, write_two};
+use crate::wire::{has_token, parse_length, write_two, Framer, Kind, GATHER};
 
 /// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
 /// which allows `max_headers`. Browsers send about 15.
@@ -33,10 +32,6 @@ const HEADERS: usize = 32;
 /// Free room below which the read buffer grows before a read, and by how much.
 const READ_ROOM: usize = 1024;
 const READ_GROW: usize = 4096;
-
-/// Response bytes gathered before they are written: small bodies go out with the head in one
-/// write; a larger piece is written from where it is, after what was gathered.
-const GATHER: usize = 16 * 1024;
 
 /// The answer in place of a response HTTP/1.1 cannot carry (a 1xx status as the final answer,
 /// a malformed Content-Length).
@@ -320,14 +315,6 @@ fn offset(whole: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
 }
 
-/// How a response body goes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// This many bytes (none for HEAD, 204, 304).
-    Length(u64),
-    Chunked,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Framing {
     kind: Kind,
@@ -463,11 +450,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     B: http_body::Body<Data = Bytes, Error = BoxError>,
 {
-    let mut left = match kind {
-        Kind::Length(n) => n,
-        Kind::Chunked => u64::MAX,
-    };
-    while left > 0 {
+    let mut framer = Framer::new(kind);
+    while framer.wants_more() {
         let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
@@ -484,41 +468,19 @@ where
                 next.ok_or(io::ErrorKind::ConnectionAborted)?
             }
         };
-        let data = match frame.map(|f| f.map(Frame::into_data)) {
-            None => break,
-            Some(Ok(Ok(data))) => data,
-            // (trailers: only for a client that asked with `TE: trailers`, which hyper serves)
-            Some(Ok(Err(_))) => continue,
-            Some(Err(e)) => return Err(io::Error::other(e)),
-        };
-        if data.is_empty() {
+        let Some(frame) = frame else { break };
+        // (none for trailers: only a client that asked with `TE: trailers` gets them, from hyper)
+        let Some(data) = framer.data(out, frame)? else {
             continue;
-        }
-        if data.len() as u64 > left {
-            return Err(io::Error::other("body longer than its Content-Length"));
-        }
-        match kind {
-            Kind::Chunked => {
-                let _ = write!(out, "{:x}\r\n", data.len());
-            }
-            Kind::Length(_) => left -= data.len() as u64,
-        }
+        };
         if out.len() + data.len() <= GATHER {
             out.extend_from_slice(&data);
         } else {
             write_two(io, out, &data).await?;
         }
-        if kind == Kind::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
+        framer.after(out);
     }
-    match kind {
-        Kind::Length(_) if left > 0 => {
-            return Err(io::Error::other("body shorter than its Content-Length"))
-        }
-        Kind::Length(_) => {}
-        Kind::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-    }
+    framer.end(out)?;
     write_two(io, out, &[]).await
 }
 

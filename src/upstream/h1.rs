@@ -26,7 +26,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ReqBody;
 use crate::body::BoxError;
-use crate::wire::{has_token, parse_length};
+use crate::wire::{has_token, parse_length, Framer, Kind, GATHER};
 
 /// Most headers a response head may have (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -42,8 +42,6 @@ const READ_ROOM: usize = 1024;
 const READ_SIZE: usize = 8 * 1024;
 /// The most it grows by for a long body of known length: fewer, larger reads.
 const BIG_READ: usize = 256 * 1024;
-/// Request body data up to this size is gathered with the head into one write.
-const GATHER: usize = 16 * 1024;
 
 /// A connection's transport: TCP, or a Unix socket.
 #[derive(Debug)]
@@ -137,9 +135,7 @@ impl Conn {
         if !self.buf.is_empty() {
             return false;
         }
-        if self.buf.capacity() < READ_ROOM {
-            self.buf.reserve(READ_SIZE);
-        }
+        self.make_room(READ_SIZE);
         // (not a poll: tokio's cooperative budget could make that say "pending" unlooked)
         let read = match &self.io {
             Io::Tcp(s) => s.try_read_buf(&mut self.buf),
@@ -194,10 +190,15 @@ impl Conn {
         whole
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>, grow: usize) -> Poll<io::Result<usize>> {
+    /// Grows the read buffer by `grow` when less than `READ_ROOM` is left.
+    fn make_room(&mut self, grow: usize) {
         if self.buf.capacity() - self.buf.len() < READ_ROOM {
             self.buf.reserve(grow);
         }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, grow: usize) -> Poll<io::Result<usize>> {
+        self.make_room(grow);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
@@ -207,7 +208,7 @@ impl Conn {
         let (mut parts, mut body) = req.into_parts();
         let sending = encode_head(&mut self.out, &mut parts, &body)?;
         let whole = match sending {
-            Sending::Length(0) => self.write_out(&[]).await,
+            Kind::Length(0) => self.write_out(&[]).await,
             _ => self.write_body(&mut body, sending).await?,
         };
         drop(body);
@@ -246,12 +247,9 @@ impl Conn {
     /// Writes the body after the head in `out`, gathering small pieces. False when the app
     /// answered (or closed) before the body was all sent: the rest is not sent, and the
     /// connection is not reused.
-    async fn write_body(&mut self, body: &mut ReqBody, sending: Sending) -> io::Result<bool> {
-        let mut left = match sending {
-            Sending::Length(n) => n,
-            Sending::Chunked => u64::MAX,
-        };
-        while left > 0 {
+    async fn write_body(&mut self, body: &mut ReqBody, sending: Kind) -> io::Result<bool> {
+        let mut framer = Framer::new(sending);
+        while framer.wants_more() {
             let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
@@ -272,54 +270,21 @@ impl Conn {
                     }
                 }
             };
-            let data = match frame.map(|f| f.map(Frame::into_data)) {
-                None => break,
-                Some(Ok(Ok(data))) => data,
-                // (request trailers are not passed on)
-                Some(Ok(Err(_))) => continue,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-            };
-            if data.is_empty() {
+            let Some(frame) = frame else { break };
+            // (none for trailers: request trailers are not passed on)
+            let Some(data) = framer.data(&mut self.out, frame)? else {
                 continue;
-            }
-            match sending {
-                Sending::Chunked => {
-                    let _ = write!(self.out, "{:x}\r\n", data.len());
-                }
-                Sending::Length(_) if data.len() as u64 > left => {
-                    return Err(io::Error::other(
-                        "request body longer than its Content-Length",
-                    ))
-                }
-                Sending::Length(_) => left -= data.len() as u64,
-            }
+            };
             if self.out.len() + data.len() <= GATHER {
                 self.out.extend_from_slice(&data);
             } else if !self.write_out(&data).await {
                 return Ok(false);
             }
-            if sending == Sending::Chunked {
-                self.out.extend_from_slice(b"\r\n");
-            }
+            framer.after(&mut self.out);
         }
-        match sending {
-            Sending::Length(_) if left > 0 => {
-                return Err(io::Error::other(
-                    "request body shorter than its Content-Length",
-                ))
-            }
-            Sending::Length(_) => {}
-            Sending::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
-        }
+        framer.end(&mut self.out)?;
         Ok(self.write_out(&[]).await)
     }
-}
-
-/// How a request body goes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sending {
-    Length(u64),
-    Chunked,
 }
 
 /// Writes the request line and headers into `out`, with hyper's client rules for framing:
@@ -329,7 +294,7 @@ fn encode_head(
     out: &mut Vec<u8>,
     parts: &mut http::request::Parts,
     body: &ReqBody,
-) -> io::Result<Sending> {
+) -> io::Result<Kind> {
     // framing is this connection's to choose
     parts.headers.remove(header::TRANSFER_ENCODING);
     if !body.is_end_stream() {
@@ -337,22 +302,22 @@ fn encode_head(
         parts.headers.remove(header::EXPECT);
     }
     let sending = if body.is_end_stream() {
-        Sending::Length(0)
+        Kind::Length(0)
     } else if let Some(v) = parts.headers.get(header::CONTENT_LENGTH) {
-        Sending::Length(
+        Kind::Length(
             parse_length(v.as_bytes()).ok_or_else(|| invalid("bad request Content-Length"))?,
         )
     } else if let Some(n) = body.size_hint().exact() {
         parts.headers.insert(header::CONTENT_LENGTH, n.into());
-        Sending::Length(n)
+        Kind::Length(n)
     } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-        Sending::Length(0)
+        Kind::Length(0)
     } else {
         parts.headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        Sending::Chunked
+        Kind::Chunked
     };
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -1077,9 +1042,9 @@ mod tests {
             ReqBody::Empty,
         );
         assert_eq!(text, "GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
-        assert_eq!(sending, Sending::Length(0));
+        assert_eq!(sending, Kind::Length(0));
         let (text, sending) = encode(Method::POST, &[("content-length", "0")], ReqBody::Empty);
         assert_eq!(text, "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(sending, Sending::Length(0));
+        assert_eq!(sending, Kind::Length(0));
     }
 }
