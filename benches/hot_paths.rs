@@ -146,14 +146,30 @@ fn cache(c: &mut Criterion) {
     };
     let parts = request("/products/42?color=red");
     c.bench_function("cache key", |b| {
-        b.iter(|| Cache::key(&route, true, "site7.example.com", black_box(&parts)))
+        b.iter(|| {
+            let parts = black_box(&parts);
+            Cache::key(
+                &route,
+                true,
+                "site7.example.com",
+                &parts.uri,
+                &parts.headers,
+            )
+        })
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let cache = Cache::new(&settings).unwrap();
-    let key = Cache::key(&route, true, "site7.example.com", &parts);
+    let key: std::sync::Arc<str> = Cache::key(
+        &route,
+        true,
+        "site7.example.com",
+        &parts.uri,
+        &parts.headers,
+    )
+    .into();
     // store one fresh entry through the real path: a miss, then the app's response
     let Lookup::Miss(pending) = rt.block_on(cache.lookup(key.clone(), &parts, &route)) else {
         panic!("a miss first")
@@ -179,6 +195,14 @@ fn cache(c: &mut Criterion) {
         b.iter(|| {
             let hit = rt.block_on(cache.lookup(key.clone(), black_box(&parts), &route));
             matches!(hit, Lookup::Hit(_))
+        })
+    });
+    c.bench_function("cache fresh hit of 100 bytes (the fast path)", |b| {
+        b.iter(|| {
+            let parts = black_box(&parts);
+            cache
+                .fresh_hit(&key, &parts.method, &parts.headers)
+                .is_some()
         })
     });
 }

@@ -27,14 +27,15 @@ pin_project! {
     pub enum Body {
         /// A body usher made (error text, redirects); `None` once sent.
         Full { data: Option<Bytes> },
-        /// An upstream response, streamed.
-        Upstream { body: UpstreamBody },
+        /// An upstream response, streamed. (The larger bodies are boxed: a response moves
+        /// several times on its way out, and a large enum would be copied each time.)
+        Upstream { body: Box<UpstreamBody> },
         /// A static file.
         Static { #[pin] body: ServeFileSystemResponseBody },
         /// An upstream response read ahead of the client (response buffering).
-        Spooled { body: SpooledResponse },
+        Spooled { body: Box<SpooledResponse> },
         /// A small upstream response read whole (response buffering).
-        Held { body: HeldResponse },
+        Held { body: Box<HeldResponse> },
         /// Any of the others, compressed for a client that accepts it.
         Compressed { body: Pin<Box<CompressionBody<Body>>> },
     }

@@ -50,16 +50,19 @@ pub struct Entry {
 
 /// An entry without Vary, `no-cache` or `must-revalidate`: fresh until `fresh_until` for any
 /// request that brings no directives of its own.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Simple {
     fresh_until: SystemTime,
     /// Its age when stored (the app's Age header, and time in transit).
     age_at_store: Duration,
+    /// The headers a hit sends: the stored ones with an Age and a Cache-Status already in
+    /// place, so a hit fills those in on a clone of this map instead of growing the clone.
+    head: HeaderMap,
 }
 
 /// The cache shared by every caching route.
 pub struct Cache {
-    store: moka::sync::Cache<Arc<str>, Arc<Entry>>,
+    store: moka::sync::Cache<Arc<str>, Arc<Entry>, crate::routing::FastHash>,
     /// The disk tier, when configured.
     disk: Option<Arc<disk::Disk>>,
     /// What it was made with.
@@ -171,11 +174,13 @@ impl Cache {
         let store = moka::sync::Cache::builder()
             .max_capacity(settings.memory)
             .weigher(|k: &Arc<str>, e: &Arc<Entry>| {
-                let headers = HEADER_ESTIMATE.saturating_add(k.len());
+                // (an entry answered by the fast path keeps its headers twice)
+                let copies = 1 + usize::from(e.simple.is_some());
+                let headers = (HEADER_ESTIMATE * copies).saturating_add(k.len());
                 u32::try_from(e.body.len().saturating_add(headers)).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(Default::default());
         Ok(Arc::new(Cache {
             store,
             disk,
@@ -246,23 +251,29 @@ impl Cache {
     pub fn fresh_hit(
         &self,
         key: &str,
-        parts: &http::request::Parts,
+        method: &Method,
+        req_headers: &HeaderMap,
     ) -> Option<http::Response<Bytes>> {
         const DIRECTIVES: [HeaderName; 3] =
             [header::CACHE_CONTROL, header::PRAGMA, header::AUTHORIZATION];
         // one look at each name (standard names compare as numbers) instead of three lookups
-        if parts.headers.keys().any(|k| DIRECTIVES.contains(k)) {
+        if req_headers.keys().any(|k| DIRECTIVES.contains(k)) {
             return None;
         }
         let e = self.store.get(key)?;
-        let simple = e.simple?;
+        let simple = e.simple.as_ref()?;
         let now = SystemTime::now();
         let left = simple.fresh_until.duration_since(now).ok()?;
         let age = simple.age_at_store + now.duration_since(e.stored).unwrap_or_default();
-        let mut headers = e.headers.clone();
-        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
-        let mut resp = e.build(headers, parts);
-        set_status_ttl(resp.headers_mut(), "hit; ttl=", left.as_secs(), "");
+        let mut headers = simple.head.clone();
+        if let Some(v) = headers.get_mut(header::AGE) {
+            *v = HeaderValue::from(age.as_secs());
+        }
+        let status = status_value("hit; ttl=", Some(left.as_secs()), "");
+        if let (Some(v), Some(status)) = (headers.get_mut(CACHE_STATUS), status) {
+            *v = status;
+        }
+        let resp = e.build(headers, method, req_headers);
         self.count(HIT);
         Some(resp)
     }
@@ -280,13 +291,16 @@ impl Cache {
         route: &RouteCache,
         tls: bool,
         host: &str,
-        parts: &http::request::Parts,
-    ) -> Arc<str> {
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> String {
         let mut k = String::with_capacity(64);
         k.push_str(if tls { "https://" } else { "http://" });
-        k.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-        k.push_str(parts.uri.path());
-        if let (Some(q), false) = (parts.uri.query(), route.ignore_query) {
+        let at = k.len();
+        k.push_str(host);
+        k[at..].make_ascii_lowercase();
+        k.push_str(uri.path());
+        if let (Some(q), false) = (uri.query(), route.ignore_query) {
             k.push('?');
             k.push_str(q);
         }
@@ -294,7 +308,7 @@ impl Cache {
             k.push('\n');
             k.push_str(h.as_str());
             k.push(':');
-            for v in parts.headers.get_all(h) {
+            for v in headers.get_all(h) {
                 if CREDENTIALS.contains(h) {
                     k.push_str(&format!("{:x}", credential_hash(v.as_bytes())));
                 } else {
@@ -303,7 +317,7 @@ impl Cache {
                 k.push(',');
             }
         }
-        k.into()
+        k
     }
 
     /// Looks `key` up for the request `parts`: a fresh entry is a hit; otherwise the caller
@@ -485,7 +499,11 @@ impl Cache {
                     now,
                 ));
                 self.put(&pending.key, &entry);
-                let mut resp = entry.build(parts.headers, &pending.request);
+                let mut resp = entry.build(
+                    parts.headers,
+                    &pending.request.method,
+                    &pending.request.headers,
+                );
                 set_status(resp.headers_mut(), "fwd=stale; fwd-status=304; stored");
                 return After::Refreshed(resp);
             }
@@ -600,9 +618,13 @@ impl Entry {
             && !e.directive_present("must-revalidate")
             && !e.directive_present("proxy-revalidate");
         if plain && !ttl.is_zero() {
+            let mut head = e.headers.clone();
+            head.insert(header::AGE, HeaderValue::from_static("0"));
+            head.insert(CACHE_STATUS, HeaderValue::from_static(NAME));
             e.simple = Some(Simple {
                 fresh_until: stored + ttl,
                 age_at_store: e.policy.age(stored),
+                head,
             });
         }
         e
@@ -652,7 +674,7 @@ impl Entry {
         from_disk: bool,
     ) -> http::Response<Bytes> {
         let ttl = self.policy.time_to_live(SystemTime::now()).as_secs();
-        let mut resp = self.build(head.headers, req);
+        let mut resp = self.build(head.headers, &req.method, &req.headers);
         let detail = if from_disk { "; detail=disk" } else { "" };
         set_status_ttl(resp.headers_mut(), "hit; ttl=", ttl, detail);
         resp
@@ -665,12 +687,17 @@ impl Entry {
             header::AGE,
             HeaderValue::from(self.policy.age(SystemTime::now()).as_secs()),
         );
-        self.build(headers, req)
+        self.build(headers, &req.method, &req.headers)
     }
 
-    fn build(&self, headers: HeaderMap, req: &http::request::Parts) -> http::Response<Bytes> {
-        let not_modified = client_validator_matches(req, &headers);
-        let body = if req.method == Method::HEAD || not_modified {
+    fn build(
+        &self,
+        headers: HeaderMap,
+        method: &Method,
+        req_headers: &HeaderMap,
+    ) -> http::Response<Bytes> {
+        let not_modified = client_validator_matches(req_headers, &headers);
+        let body = if method == Method::HEAD || not_modified {
             Bytes::new()
         } else {
             self.body.clone()
@@ -761,12 +788,12 @@ fn sets_cookie_privately(headers: &HeaderMap) -> bool {
 
 /// Whether the client's If-None-Match names the stored ETag (weak comparison, RFC 9110
 /// section 13.1.2), so a 304 answers it.
-fn client_validator_matches(req: &http::request::Parts, stored: &HeaderMap) -> bool {
+fn client_validator_matches(req: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-    list_items(&req.headers, header::IF_NONE_MATCH).any(|t| t == "*" || opaque(t) == opaque(etag))
+    list_items(req, header::IF_NONE_MATCH).any(|t| t == "*" || opaque(t) == opaque(etag))
 }
 
 /// Sets `Cache-Status: usher; DETAIL`.
@@ -774,18 +801,22 @@ pub fn set_status(headers: &mut HeaderMap, detail: &str) {
     set_status_ttl(headers, detail, None, "");
 }
 
-/// Sets `Cache-Status: usher; BEFORE[TTL]AFTER`, pieced together without the formatting
-/// machinery (it is on every cache hit).
+/// Sets `Cache-Status: usher; BEFORE[TTL]AFTER`.
 fn set_status_ttl(headers: &mut HeaderMap, before: &str, ttl: impl Into<Option<u64>>, after: &str) {
-    let mut value = Vec::with_capacity(NAME.len() + 2 + before.len() + 20 + after.len());
-    value.extend_from_slice(NAME.as_bytes());
-    value.extend_from_slice(b"; ");
-    value.extend_from_slice(before.as_bytes());
-    if let Some(ttl) = ttl.into() {
-        value.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
-    }
-    value.extend_from_slice(after.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+    if let Some(v) = status_value(before, ttl.into(), after) {
         headers.insert(CACHE_STATUS, v);
     }
+}
+
+/// `usher; BEFORE[TTL]AFTER`, pieced together without the formatting machinery, in one
+/// allocation of the exact size (it is on every cache hit).
+fn status_value(before: &str, ttl: Option<u64>, after: &str) -> Option<HeaderValue> {
+    let mut digits = itoa::Buffer::new();
+    let ttl = ttl.map_or("", |t| digits.format(t));
+    let mut value = Vec::with_capacity(NAME.len() + 2 + before.len() + ttl.len() + after.len());
+    for piece in [NAME, "; ", before, ttl, after] {
+        value.extend_from_slice(piece.as_bytes());
+    }
+    // (a vector filled to its capacity becomes Bytes without another allocation)
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }

@@ -260,12 +260,42 @@ impl Proxy {
             }
             RouteAction::Proxy(pool) => {
                 // Forwarded unchanged, unless the route strips its prefix from the normalised path.
-                let stripped = route
-                    .strip_prefix
-                    .then(|| rest_of_path(route, &path).to_owned());
-                Box::pin(forward(self, pool, route, req, stripped, conn, tail)).await
+                let stripped = route.strip_prefix.then(|| rest_of_path(route, &path));
+                let uri = upstream_uri(req.uri(), stripped)?;
+                let key = match self.fresh_hit(route, &req, &uri, conn.tls) {
+                    Ok(resp) => return Ok(resp),
+                    Err(key) => key,
+                };
+                Box::pin(forward(self, pool, route, req, uri, key, conn, tail)).await
             }
         }
+    }
+
+    /// A fresh cache hit (see [`Cache::fresh_hit`] for which entries and requests qualify),
+    /// answered before anything is taken apart for forwarding; otherwise the request's cache
+    /// key when it could be taken here. That is on caching routes without key headers
+    /// (theirs would read the rewritten headers), and not for an Upgrade request, which
+    /// bypasses the cache.
+    fn fresh_hit(
+        &self,
+        route: &RouteEntry,
+        req: &Request<ClientBody>,
+        uri: &Uri,
+        tls: bool,
+    ) -> Result<Response<Body>, Option<Arc<str>>> {
+        let (Some(rc), Some(cache)) = (&route.cache, &self.cache) else {
+            return Err(None);
+        };
+        if !rc.key_headers.is_empty() || upgrade_protocol(req).is_some() {
+            return Err(None);
+        }
+        let key = Cache::key(rc, tls, key_host(req), uri, req.headers());
+        if cache::applies(req.method()) {
+            if let Some(resp) = cache.fresh_hit(&key, req.method(), req.headers()) {
+                return Ok(resp.map(Body::full));
+            }
+        }
+        Err(Some(key.into()))
     }
 
     fn https_redirect(&self, host: &str, uri: &Uri) -> Response<Body> {
@@ -278,14 +308,30 @@ impl Proxy {
     }
 }
 
-/// Step 5, forward to the route's pool: buffer the request body, rewrite headers, `pool.send`,
-/// buffer the response, rewrite headers, respond.
+/// The host part of a request's cache key: `:authority` (HTTP/2, absolute form), else the
+/// Host header as sent.
+fn key_host<B>(req: &Request<B>) -> &str {
+    match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    }
+}
+
+/// Step 5, forward to the route's pool (`uri` is the target to send, and `key` the cache key
+/// when [`Proxy::fresh_hit`] took it): buffer the request body, rewrite headers,
+/// `pool.send`, buffer the response, rewrite headers, respond.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     proxy: &Proxy,
     pool: &Arc<Pool>,
     route: &RouteEntry,
     mut req: Request<ClientBody>,
-    stripped: Option<String>,
+    uri: Uri,
+    key: Option<Arc<str>>,
     conn: &Arc<ConnInfo>,
     tail: &mut LogTail,
 ) -> Result<Response<Body>, ProxyError> {
@@ -302,24 +348,7 @@ async fn forward(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    parts.uri = upstream_uri(&parts.uri, stripped.as_deref())?;
-    // A fresh cache hit needs none of the rewriting below: answered first (only for routes
-    // without key headers, whose key would read the rewritten headers; see
-    // Cache::fresh_hit for which entries and requests qualify).
-    // (the key, taken once: without key headers it reads nothing the rewriting changes)
-    let key_host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-    let mut early_key = None;
-    if let (Some(rc), Some(cache), None) = (&route.cache, &proxy.cache, &upgrade) {
-        if rc.key_headers.is_empty() {
-            let key = Cache::key(rc, conn.tls, key_host, &parts);
-            if cache::applies(&parts.method) {
-                if let Some(resp) = cache.fresh_hit(&key, &parts) {
-                    return Ok(resp.map(Body::full));
-                }
-            }
-            early_key = Some(key);
-        }
-    }
+    parts.uri = uri;
     // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
     // it is passed on only to an HTTP/2 upstream, where it is the one TE value allowed.
     let te_trailers = pool.speaks_h2() && te_trailers(&parts.headers);
@@ -371,12 +400,12 @@ async fn forward(
         return Ok(Response::from_parts(
             parts,
             Body::Upstream {
-                body: UpstreamBody::new(
+                body: Box::new(UpstreamBody::new(
                     RespBody::Hyper(body),
                     upstream_conn,
                     pool.read_timeout(),
                     None,
-                ),
+                )),
             },
         ));
     }
@@ -385,9 +414,13 @@ async fn forward(
     let mut pending = None;
     let mut invalidate = None;
     if let (Some(rc), Some(cache)) = (&route.cache, &proxy.cache) {
-        let key = match early_key {
+        // (with key headers, the key reads the headers as rewritten for the app)
+        let key = match key {
             Some(k) => k,
-            None => Cache::key(rc, conn.tls, key_host, &parts),
+            None => {
+                let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                Cache::key(rc, conn.tls, host, &parts.uri, &parts.headers).into()
+            }
         };
         if cache::applies(&parts.method) {
             match cache.lookup(key, &parts, rc).await {
@@ -495,7 +528,12 @@ async fn forward(
     // buffering it would only add work (measured: 2 us a request on HTTP/2).
     let fits_in_flight = declared.is_some_and(|n| n <= PASS_LIMIT);
     if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || is_stream(&parts) {
-        return Ok(Response::from_parts(parts, Body::Upstream { body }));
+        return Ok(Response::from_parts(
+            parts,
+            Body::Upstream {
+                body: Box::new(body),
+            },
+        ));
     }
     // A small body of known length is read whole right here (the common API response:
     // no task, no lock); anything else is read ahead on a task of its own, and flows on to
@@ -503,9 +541,15 @@ async fn forward(
     let small = declared.filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
     let body = match small {
         Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
-            Ok(Ok(held)) => Body::Held { body: held },
+            Ok(Ok(held)) => Body::Held {
+                body: Box::new(held),
+            },
             Ok(Err(body)) => Body::Spooled {
-                body: buffer::spool_response(body, &proxy.buffers, &proxy.timeouts),
+                body: Box::new(buffer::spool_response(
+                    body,
+                    &proxy.buffers,
+                    &proxy.timeouts,
+                )),
             },
             Err(e) => {
                 tracing::debug!(error = %e, "upstream response body failed");
@@ -513,7 +557,11 @@ async fn forward(
             }
         },
         None => Body::Spooled {
-            body: buffer::spool_response(body, &proxy.buffers, &proxy.timeouts),
+            body: Box::new(buffer::spool_response(
+                body,
+                &proxy.buffers,
+                &proxy.timeouts,
+            )),
         },
     };
     Ok(Response::from_parts(parts, body))

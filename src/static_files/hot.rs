@@ -63,7 +63,7 @@ pub struct Hot {
 
 /// One static route's hot files, by request path.
 pub struct HotFiles {
-    entries: moka::sync::Cache<Box<str>, Arc<Hot>>,
+    entries: moka::sync::Cache<Box<str>, Arc<Hot>, crate::routing::FastHash>,
     valid: Duration,
     epoch: Instant,
 }
@@ -88,7 +88,7 @@ impl HotFiles {
             entries: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .weigher(weigh)
-                .build(),
+                .build_with_hasher(Default::default()),
             valid,
             epoch: Instant::now(),
         }

@@ -427,3 +427,35 @@ async fn request_directives_are_honoured_on_fresh_entries() {
     assert!(!other.header("cache-status").contains("hit"));
     assert!(other.text().ends_with("fr"), "{}", other.text());
 }
+
+/// On a route that strips its prefix, an entry is keyed by the target sent to the app
+/// (query included), and a hit carries exactly one Age and one Cache-Status.
+#[tokio::test]
+async fn a_stripping_route_caches_by_the_forwarded_target() {
+    let app = Upstream::start("app").await;
+    let config = format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/api/\"\nstrip_prefix = true\nproxy = [\"{}\"]\ncache = {{}}\n",
+        app.addr
+    );
+    let usher = TestServer::start(&config).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let first = c.get("app.test", "/api/cache/max-age=60/a").await;
+    assert!(first.header("cache-status").contains("fwd=miss; stored"));
+    assert_eq!(app.seen()[0].uri, "/cache/max-age=60/a");
+    let hit = c.get("app.test", "/api/cache/max-age=60/a").await;
+    assert_eq!((hit.status, hit.text()), (first.status, first.text()));
+    assert_eq!(app.seen().len(), 1, "the second request was a hit");
+    for name in ["age", "cache-status"] {
+        assert_eq!(
+            hit.headers.get_all(name).iter().count(),
+            1,
+            "{name}: {:?}",
+            hit.headers
+        );
+    }
+    assert!(hit.header("cache-status").starts_with("usher; hit; ttl="));
+    // another query is another entry
+    let other = c.get("app.test", "/api/cache/max-age=60/a?x=1").await;
+    assert!(other.header("cache-status").contains("fwd=miss"));
+    assert_eq!(app.seen()[1].uri, "/cache/max-age=60/a?x=1");
+}
