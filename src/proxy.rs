@@ -251,6 +251,9 @@ impl Proxy {
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
+                if let Some(resp) = files.hot_hit(&req) {
+                    return Ok(resp);
+                }
                 let rel = rest_of_path(route, &path).to_owned();
                 files.serve(req, &rel).await
             }

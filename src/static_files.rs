@@ -48,6 +48,18 @@ impl StaticFiles {
         })
     }
 
+    /// The answer from memory to a request for a file held there and looked at recently
+    /// enough: what [`StaticFiles::serve`] would answer, without taking the request.
+    pub fn hot_hit<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        if !hot::answerable(req) {
+            return None;
+        }
+        match self.hot.get(req.uri().path())? {
+            (entry, false) => Some(entry.respond(req)),
+            (_, true) => None,
+        }
+    }
+
     /// Serves `rel` (the request path, with the route prefix already removed if it strips).
     pub async fn serve<B>(&self, req: Request<B>, rel: &str) -> Result<Response<Body>, ProxyError>
     where
