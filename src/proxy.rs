@@ -251,11 +251,12 @@ impl Proxy {
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
-                if let Some(resp) = files.hot_hit(&req) {
-                    return Ok(resp);
-                }
+                let due = match files.hot_hit(&req) {
+                    Ok(resp) => return Ok(resp),
+                    Err(due) => due,
+                };
                 let rel = rest_of_path(route, &path).to_owned();
-                files.serve(req, &rel).await
+                files.serve(req, &rel, due).await
             }
             RouteAction::Redirect { status, to } => {
                 let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);

@@ -11,6 +11,7 @@ mod hot;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
@@ -49,19 +50,28 @@ impl StaticFiles {
     }
 
     /// The answer from memory to a request for a file held there and looked at recently
-    /// enough: what [`StaticFiles::serve`] would answer, without taking the request.
-    pub fn hot_hit<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+    /// enough, without taking the request; otherwise the entry held for it that is due for
+    /// a look, if any, to hand to [`StaticFiles::serve`].
+    pub fn hot_hit<B>(&self, req: &Request<B>) -> Result<Response<Body>, Option<Arc<hot::Hot>>> {
         if !hot::answerable(req) {
-            return None;
+            return Err(None);
         }
-        match self.hot.get(req.uri().path())? {
-            (entry, false) => Some(entry.respond(req)),
-            (_, true) => None,
+        match self.hot.get(req.uri().path()) {
+            Some((entry, false)) => Ok(entry.respond(req)),
+            Some((entry, true)) => Err(Some(entry)),
+            None => Err(None),
         }
     }
 
-    /// Serves `rel` (the request path, with the route prefix already removed if it strips).
-    pub async fn serve<B>(&self, req: Request<B>, rel: &str) -> Result<Response<Body>, ProxyError>
+    /// Serves `rel` (the request path, with the route prefix already removed if it strips),
+    /// after [`StaticFiles::hot_hit`] found no answer: `due` is the entry it found due for a
+    /// look.
+    pub async fn serve<B>(
+        &self,
+        req: Request<B>,
+        rel: &str,
+        due: Option<Arc<hot::Hot>>,
+    ) -> Result<Response<Body>, ProxyError>
     where
         B: Send + 'static,
     {
@@ -69,22 +79,17 @@ impl StaticFiles {
         // work; judged on the request path, since a stripped route's root has an empty `rel`.
         let slashed = req.uri().path().ends_with('/');
         let from_memory = hot::answerable(&req);
-        if from_memory {
-            if let Some((entry, due)) = self.hot.get(req.uri().path()) {
-                if !due {
+        if let Some(entry) = due {
+            // look again: the path may lead elsewhere now, or the file have changed
+            if let Ok(Resolved::File(f)) = self.resolve(rel, slashed).await {
+                let same =
+                    std::fs::metadata(&f).is_ok_and(|m| hot::Identity::of(&m) == entry.identity);
+                if f == entry.path && same {
+                    self.hot.checked(&entry);
                     return Ok(entry.respond(&req));
                 }
-                // look again: the path may lead elsewhere now, or the file have changed
-                if let Ok(Resolved::File(f)) = self.resolve(rel, slashed).await {
-                    let same = std::fs::metadata(&f)
-                        .is_ok_and(|m| hot::Identity::of(&m) == entry.identity);
-                    if f == entry.path && same {
-                        self.hot.checked(&entry);
-                        return Ok(entry.respond(&req));
-                    }
-                }
-                self.hot.forget(req.uri().path());
             }
+            self.hot.forget(req.uri().path());
         }
         let (file, fell_back) = match self.resolve(rel, slashed).await {
             Ok(Resolved::File(f)) => (f, false),

@@ -656,7 +656,7 @@ impl Pool {
             let slot = self.member_slot(member).await.map_err(fail)?;
             let in_flight = InFlight::new(member, slot, pool_slot.clone());
             let started = Instant::now();
-            let (mut conn, reused) = match self.checkout(member).await {
+            let (mut conn, reused) = match self.checkout(member) {
                 Some(c) => (c, true),
                 // boxed: a new connection is the rare case, and its future is large
                 None => match Box::pin(self.connect(member)).await {
@@ -968,7 +968,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and fresh.
-    async fn checkout(&self, member: &Arc<Member>) -> Option<PooledConn> {
+    fn checkout(&self, member: &Arc<Member>) -> Option<PooledConn> {
         if self.protocol == UpstreamProtocol::H2c {
             let mut shared = member.h2.lock().unwrap_or_else(|e| e.into_inner());
             return match shared.as_ref() {
@@ -1070,7 +1070,7 @@ impl Pool {
             if !h2 && !upgrades {
                 return Ok(Sender::Wire(h1::Conn::new(io)));
             }
-            handshake(io, upgrades, h2).await
+            handshake(io, h2).await
         };
         let sender = tokio::time::timeout(self.connect_timeout, connecting)
             .await
@@ -1107,7 +1107,7 @@ enum Open {
 }
 
 /// A hyper client connection over `io`: HTTP/2, or HTTP/1.1 for an upgrade.
-async fn handshake(io: h1::Io, upgrades: bool, h2: bool) -> std::io::Result<Sender> {
+async fn handshake(io: h1::Io, h2: bool) -> std::io::Result<Sender> {
     if h2 {
         let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
@@ -1126,12 +1126,7 @@ async fn handshake(io: h1::Io, upgrades: bool, h2: bool) -> std::io::Result<Send
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
-        let result = if upgrades {
-            conn.with_upgrades().await
-        } else {
-            conn.await
-        };
-        if let Err(e) = result {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });

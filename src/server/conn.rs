@@ -439,7 +439,6 @@ impl<I> Watched<I> {
         Watched { io, info, prefix }
     }
 
-    /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
     /// The socket back, and what is left to read: `unread` (what a session read from it and
     /// did not use; it read the prefix first), then the rest of the prefix. Copied: a
     /// session's read buffer (4 KiB or more) is let go even when it holds a few bytes, so a
@@ -453,6 +452,7 @@ impl<I> Watched<I> {
         (self.io, rest)
     }
 
+    /// Notes a write: progress for the watcher, and (written or waiting) not yet flushed.
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
             Poll::Ready(Ok(n)) if *n > 0 => {

@@ -356,7 +356,6 @@ fn encode_head(
         Some(body.size_hint().exact())
     };
     let mut kind = None;
-    let mut last = close;
     let mut said_close = false;
     let mut wrote_date = false;
     for (name, value) in &parts.headers {
@@ -386,10 +385,7 @@ fn encode_head(
                 out.extend_from_slice(b"\r\n");
                 continue;
             }
-            header::CONNECTION if has_token(value.as_bytes(), b"close") => {
-                last = true;
-                said_close = true;
-            }
+            header::CONNECTION if has_token(value.as_bytes(), b"close") => said_close = true,
             header::DATE => wrote_date = true,
             _ => {}
         }
@@ -408,7 +404,7 @@ fn encode_head(
             }
             Some(None) => Kind::Length(0),
             None | Some(Some(0)) => {
-                if !is_head && !no_length {
+                if can_chunk {
                     out.extend_from_slice(b"content-length: 0\r\n");
                 }
                 Kind::Length(0)
@@ -421,7 +417,7 @@ fn encode_head(
             }
         },
     };
-    if is_head || no_length {
+    if !can_chunk {
         kind = Kind::Length(0);
     }
     if close && !said_close {
@@ -433,7 +429,10 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Some(Framing { close: last, kind })
+    Some(Framing {
+        close: close || said_close,
+        kind,
+    })
 }
 
 /// Writes the body after the head in `out`, gathering small pieces, and everything gathered

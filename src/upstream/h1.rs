@@ -717,9 +717,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Ok(Step::End) => {
-                    if this.decode != Decode::Failed {
-                        this.decode = Decode::Done;
-                    }
+                    this.decode = Decode::Done;
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => {}
@@ -728,9 +726,6 @@ impl http_body::Body for Body {
             let grow = match this.decode {
                 Decode::Length(n) => (n as usize).clamp(READ_SIZE, BIG_READ),
                 _ => 2 * READ_SIZE,
-            };
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
             };
             match ready!(conn.poll_read(cx, grow)) {
                 Ok(0) if this.decode == Decode::Close => {
@@ -767,7 +762,6 @@ impl Body {
     /// Ends the body with `e`; the connection closes.
     fn fail(&mut self, e: io::Error) -> BoxError {
         self.decode = Decode::Failed;
-        self.keep = false;
         self.conn = None;
         e.into()
     }
