@@ -357,8 +357,8 @@ struct Spool {
     read: u64,
     /// The response is complete (with its trailers) or failed.
     done: Option<Result<Option<HeaderMap>, String>>,
-    /// The app has sent everything (set with `done`, but not taken).
-    complete: bool,
+    /// When the app had sent everything (set with `done`, but not taken).
+    complete: Option<Instant>,
     client_gone: bool,
     waker: Option<Waker>,
 }
@@ -446,7 +446,7 @@ impl Finisher {
     fn finish(self, result: Result<Option<HeaderMap>, String>) {
         let mut s = self.0.lock();
         s.done = Some(result);
-        s.complete = true;
+        s.complete = Some(Instant::now());
         s.wake();
     }
 }
@@ -454,9 +454,9 @@ impl Finisher {
 impl Drop for Finisher {
     fn drop(&mut self) {
         let mut s = self.0.lock();
-        if !s.complete {
+        if s.complete.is_none() {
             s.done = Some(Err("the response was abandoned".into()));
-            s.complete = true;
+            s.complete = Some(Instant::now());
             s.wake();
         }
     }
@@ -589,8 +589,10 @@ impl HttpBody for SpooledResponse {
             return Poll::Ready(None);
         }
         let mut s = this.shared.lock();
-        if s.complete && this.limits.complete_at.is_none() {
-            this.limits.complete_at = Some((Instant::now(), this.limits.delivered));
+        // (timed from the app's end, not from this look: a client whose socket was full
+        // meanwhile has been slow since then; nothing was delivered in between)
+        if let (Some(at), None) = (s.complete, this.limits.complete_at) {
+            this.limits.complete_at = Some((at, this.limits.delivered));
         }
         if let Some((chunk, _reserved)) = s.memory.pop_front() {
             s.memory_bytes -= chunk.len();

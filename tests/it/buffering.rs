@@ -336,7 +336,11 @@ async fn a_response_read_too_slowly_is_cut() {
         "",
     ))
     .await;
-    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    // A small, fixed receive buffer: a kernel that lets it grow large (tcp_rmem's maximum is
+    // 32 MiB on some machines) would otherwise take the whole response off usher at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut s = socket.connect(usher.http).await.unwrap();
     s.write_all(
         b"GET /stream?chunks=2048&ms=0 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
