@@ -15,7 +15,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +27,9 @@ use tokio::net::{TcpStream, UnixStream};
 use super::ReqBody;
 use crate::body::BoxError;
 use crate::wire::{has_token, parse_length, Framer, Kind, GATHER};
+
+mod batch;
+use batch::Batch;
 
 /// Most headers a response head may have (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -113,6 +116,9 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head (and small body data) being written; kept for the next request.
     out: Vec<u8>,
+    /// The socket's receive low-water mark (1, the kernel's default, unless a long body is
+    /// being read in batches).
+    lowat: u32,
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -126,6 +132,27 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            lowat: 1,
+        }
+    }
+
+    /// Sets the socket's receive low-water mark (see `batch`); false when that failed.
+    fn set_lowat(&mut self, bytes: u32) -> bool {
+        if self.lowat == bytes {
+            return true;
+        }
+        let Io::Tcp(tcp) = &self.io else {
+            return false;
+        };
+        match batch::set_rcvlowat(tcp, bytes) {
+            Ok(()) => {
+                self.lowat = bytes;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "setting SO_RCVLOWAT on an upstream connection");
+                false
+            }
         }
     }
 
@@ -217,10 +244,16 @@ impl Conn {
             if !self.buf.is_empty() {
                 if let Some((head, mut decode, keep)) = parse_head(&mut self.buf, is_head)? {
                     settle(&mut decode, &mut self.buf);
+                    let left = match decode {
+                        Decode::Length(n) => Some(n - self.buf.len().min(n as usize) as u64),
+                        _ => None,
+                    };
+                    let batch = Batch::new(left, matches!(self.io, Io::Tcp(_)));
                     let mut response = Response::new(Body {
                         conn: Some(self),
                         decode,
                         keep: keep && whole,
+                        batch,
                     });
                     *response.status_mut() = head.0;
                     *response.version_mut() = head.1;
@@ -570,6 +603,8 @@ pub struct Body {
     decode: Decode,
     /// The connection may carry another request once this body ends.
     keep: bool,
+    /// Whether a long body is read in batches.
+    batch: Batch,
 }
 
 impl Body {
@@ -579,7 +614,9 @@ impl Body {
         if !self.keep || !self.is_end_stream() {
             return None;
         }
-        self.conn.take().filter(|c| c.buf.is_empty())
+        let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
+        // (the socket wakes on every arrival again, as the next response head needs)
+        conn.set_lowat(1).then_some(conn)
     }
 }
 
@@ -727,7 +764,25 @@ impl http_body::Body for Body {
                 Decode::Length(n) => (n as usize).clamp(READ_SIZE, BIG_READ),
                 _ => 2 * READ_SIZE,
             };
-            match ready!(conn.poll_read(cx, grow)) {
+            // (a socket whose mark could not be set is not reused: it closes after the body)
+            if let Some(mark) = this.batch.mark(this.decode) {
+                if !conn.set_lowat(mark) {
+                    this.keep = false;
+                }
+            }
+            let read = match conn.poll_read(cx, grow) {
+                Poll::Pending if this.batch.out_of_patience(cx) => {
+                    // (an app sending slowly: what has come is read now, the rest as it comes)
+                    if !conn.set_lowat(1) {
+                        this.keep = false;
+                    }
+                    continue;
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(read) => read,
+            };
+            this.batch.read();
+            match read {
                 Ok(0) if this.decode == Decode::Close => {
                     this.decode = Decode::Done;
                     return Poll::Ready(None);

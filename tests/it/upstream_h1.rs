@@ -327,3 +327,116 @@ async fn an_interim_head_does_not_end_a_streamed_upload() {
     assert!(text.contains("HTTP/1.1 200 "), "{text}");
     app.abort();
 }
+
+/// The bytes of a long body: position-dependent, so a lost or reordered piece shows.
+fn long_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+const LONG_LEN: usize = 2 << 20;
+
+/// A long body is read in batches (`upstream/h1/batch.rs`), whole and in order, and the
+/// connection it came on then carries a short answer: the batching mark is gone, or the next
+/// head would wait for bytes that never come (a 504 after `upstream_response`).
+#[tokio::test]
+async fn a_long_body_arrives_whole_and_its_connection_carries_a_short_answer_next() {
+    static LONG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {LONG_LEN}\r\n\r\n").into_bytes();
+        raw.extend(long_body(LONG_LEN));
+        raw
+    });
+    let app = RawApp::start(|line| {
+        if line.contains("/long") {
+            (&LONG[..], After::Keep)
+        } else {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                After::Keep,
+            )
+        }
+    })
+    .await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_response = \"3s\"\n{}",
+        config(&app, "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for _ in 0..2 {
+        let r = c.get("app.test", "/long").await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert!(
+            r.body[..] == long_body(LONG_LEN)[..],
+            "the long body arrived changed"
+        );
+        let r = c.get("app.test", "/short").await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
+    }
+    assert_eq!(app.accepted(), 1, "one connection carried every request");
+}
+
+/// An app that sends a long body slowly is not held up by batching: what it has sent reaches
+/// the client while the app waits (here, for the client to have it) before sending the rest.
+#[tokio::test]
+async fn a_long_body_sent_slowly_reaches_the_client_as_it_is_sent() {
+    const FIRST: usize = 16 * 1024;
+    const SECOND: usize = 48 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (go, mut told) = tokio::sync::mpsc::channel::<()>(1);
+    let app = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "usher closed before its request head ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = long_body(LONG_LEN);
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LONG_LEN}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        // each part once the client has everything before it
+        for part in [
+            &body[..FIRST],
+            &body[FIRST..FIRST + SECOND],
+            &body[FIRST + SECOND..],
+        ] {
+            s.write_all(part).await.unwrap();
+            if told.recv().await.is_none() {
+                return;
+            }
+        }
+        let _ = s.read(&mut chunk).await;
+    });
+    let usher = TestServer::start(&format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{addr}\"]\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut body_at = None;
+    for want in [FIRST, FIRST + SECOND, LONG_LEN] {
+        while body_at.is_none_or(|at| got.len() - at < want) {
+            let n = bounded("the body so far", s.read(&mut chunk))
+                .await
+                .unwrap();
+            assert!(n > 0, "usher closed within the body");
+            got.extend_from_slice(&chunk[..n]);
+            if body_at.is_none() {
+                body_at = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+            }
+        }
+        go.send(()).await.unwrap();
+    }
+    let at = body_at.unwrap();
+    assert!(
+        got[at..] == long_body(LONG_LEN)[..],
+        "the body arrived changed"
+    );
+    app.abort();
+}
