@@ -134,6 +134,17 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// TLS 1.3 tickets sent after each handshake. One, as Caddy (Go) sends after every handshake and
+/// nginx and HAProxy (OpenSSL) after a resumed one: each connection leaves the client a ticket
+/// for its next. rustls's default of two cost clients that reconnect a second ticket to
+/// process on every connection (the `hs_resume` benchmark row, where the client's CPU is the
+/// limit).
+const TLS13_TICKETS: usize = 1;
+
+/// Most tickets sent to a client that asks for more (RFC 9149 `ticket_request`), for one
+/// that opens connections in parallel.
+const MAX_TLS13_TICKETS: usize = 4;
+
 /// The server config: TLS 1.2 and 1.3, ALPN h2 then http/1.1, server cipher order, session
 /// tickets and a session cache for cheap resumption.
 pub fn server_config(
@@ -150,6 +161,8 @@ pub fn server_config(
     config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = aws_lc_rs::Ticketer::new()?;
+    config.send_tls13_tickets = TLS13_TICKETS;
+    config.max_tls13_tickets = MAX_TLS13_TICKETS;
     Ok(Arc::new(config))
 }
 

@@ -232,3 +232,90 @@ async fn a_local_ca_key_from_another_ca_is_refused() {
         "{err}"
     );
 }
+
+/// A client's session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// Each TLS 1.3 handshake, full or resumed, leaves the client one ticket (as Caddy does, and
+/// nginx after a resumption), and the next connection resumes with it.
+#[tokio::test]
+async fn each_handshake_leaves_one_ticket_and_the_next_connection_resumes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let usher = TestServer::start(TWO_SITES).await;
+    let store = std::sync::Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut config = (*crate::support::client::tls_config(usher.ca(), Proto::H1)).clone();
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut kinds = Vec::new();
+    for round in 1..=2 {
+        let tcp = tokio::net::TcpStream::connect(usher.https()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let mut tls = crate::support::bounded("handshake", connector.connect(name, tcp))
+            .await
+            .unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // (the tickets come before the answer; reading it to the close takes them in)
+        let mut answer = Vec::new();
+        crate::support::bounded("the answer", tls.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 30"), "round {round}");
+        assert_eq!(
+            store.tickets.load(std::sync::atomic::Ordering::SeqCst),
+            round,
+            "one ticket per handshake"
+        );
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+}
