@@ -3,8 +3,9 @@
 # are not. usher runs under valgrind twice, for N1 and N2 requests (h2load, HTTP/1.1, 10
 # connections); the difference over N2-N1 is one request's cost, by function.
 #   benches/instructions.sh [PATH...]   default: /static/1k.bin /small
-# /static/ is a 1 KiB file from memory, anything else is proxied to a 1-worker nginx (the
-# shared harness's upstream). Needs valgrind, nginx, h2load; builds usher in release mode.
+# /static/ is a 1 KiB file from memory, /cache/ is proxied and cached (the upstream allows an
+# hour: after the first request every one is a hit), anything else is proxied to a 1-worker
+# nginx (the shared harness's upstream). Needs valgrind, nginx, h2load; builds usher in release mode.
 # Ports 17500-17502 on 127.0.0.1. Prints the total and the top functions (self cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,11 @@ http_redirect = false        # else every plain request is answered with a redir
 [[site.route]]
 path = "/static/"
 static = "$DOCROOT"
+
+[[site.route]]
+path = "/cache/"
+proxy = ["127.0.0.1:$UPSTREAM_PORT"]
+cache = {}
 
 [[site.route]]
 path = "/"

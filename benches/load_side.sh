@@ -19,6 +19,8 @@ case $ad in
   *) script=$B/adapters/$ad.sh ;;
 esac
 export BENCH_HOME=$B BENCH_WORK=${BENCH_WORK:-/tmp/usher-bench}
+# (the nginx adapter turns its cache on only for the cache scenario)
+case $path in /cache/*) export SCENARIO=cache_small ;; *) export SCENARIO=${SCENARIO:-} ;; esac
 export PROXY_CPUS=0 LOAD_CPUS=1 CPUS=0 NCPU=1
 export UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=17401 HTTP_PORT=17410 HTTPS_PORT=17411
 export CERT=$BENCH_WORK/certs/cert.pem KEY=$BENCH_WORK/certs/key.pem
