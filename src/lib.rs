@@ -17,7 +17,7 @@
 //! ```
 //!
 //! `server::start(config)` runs everything and returns a [`server::ServerHandle`].
-// One measured exception, `upstream/h1/batch.rs` (a socket option no safe crate offers).
+// One measured exception, `sockopt.rs` (socket options no safe crate offers).
 #![deny(unsafe_code)]
 
 pub mod access_log;
@@ -38,6 +38,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod signals;
+mod sockopt;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;

@@ -31,6 +31,7 @@ use crate::config::{Config, TlsMode};
 use crate::error::{ReloadError, StartupError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::sockopt;
 use crate::tls::SiteCerts;
 
 mod conn;
@@ -624,7 +625,9 @@ async fn renew_internal(
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+/// A listener on `addr`. Its connections are accepted once their first bytes are in, or
+/// after `first_bytes` without any (see [`sockopt::set_defer_accept`]).
+fn bind(addr: SocketAddr, first_bytes: Duration) -> Result<TcpListener, StartupError> {
     let err = |source| StartupError::Bind { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -634,7 +637,12 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
-    socket.listen(BACKLOG).map_err(err)
+    let listener = socket.listen(BACKLOG).map_err(err)?;
+    if let Err(e) = sockopt::set_defer_accept(&listener, first_bytes) {
+        // (only a cost: each connection then wakes usher once more)
+        tracing::warn!(%addr, error = %e, "TCP_DEFER_ACCEPT not set");
+    }
+    Ok(listener)
 }
 
 /// Accepts connections until `stop` (a drain, or a reload that closes this listener).

@@ -144,7 +144,7 @@ impl Conn {
         let Io::Tcp(tcp) = &self.io else {
             return false;
         };
-        match batch::set_rcvlowat(tcp, bytes) {
+        match crate::sockopt::set_rcvlowat(tcp, bytes) {
             Ok(()) => {
                 self.lowat = bytes;
                 true

@@ -460,3 +460,38 @@ async fn a_paused_or_trickled_head_is_cut() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(app.seen().is_empty());
 }
+
+/// A connection is handed to usher with its first bytes (TCP_DEFER_ACCEPT): one opened
+/// earlier that has sent nothing is not yet usher's, so it is not counted among the open
+/// connections while a later one is served. Once it sends a request it is answered.
+#[tokio::test]
+async fn a_connection_is_taken_up_with_its_first_bytes() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app, "[admin]\nlisten = \"127.0.0.1:0\"\n", "")).await;
+    let mut silent = TcpStream::connect(usher.http).await.unwrap();
+    // (connected after `silent`: without the deferral usher would have accepted that first)
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    assert_eq!(c.get("app.test", "/").await.status, 200);
+    let mut admin = Client::plain(usher.admin(), Proto::H1).await;
+    let metrics = admin.get("admin", "/metrics").await.text();
+    assert_eq!(
+        crate::support::sample(&metrics, "usher_connections_open", ""),
+        Some(1.0),
+        "only the connection that sent a request is usher's"
+    );
+    silent
+        .write_all(b"GET /late HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_all(&mut silent).await.starts_with("HTTP/1.1 200 "));
+}
+
+/// A connection that never sends anything is still closed: the kernel hands it over after
+/// about `client_header`, and usher closes it when `client_header` has passed again.
+#[tokio::test]
+async fn a_connection_that_never_sends_is_closed() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app, "[timeouts]\nclient_header = \"1s\"\n", "")).await;
+    let mut silent = TcpStream::connect(usher.http).await.unwrap();
+    assert_eq!(read_all(&mut silent).await, "", "closed without an answer");
+}
