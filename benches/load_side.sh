@@ -26,11 +26,19 @@ export UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=17401 HTTP_PORT=17410 HTTPS_PORT=17
 export CERT=$BENCH_WORK/certs/cert.pem KEY=$BENCH_WORK/certs/key.pem
 export CERT_COMBINED=$BENCH_WORK/certs/combined.pem DOCROOT=$BENCH_WORK/www
 export BODY100=$(printf '0123456789%.0s' 1 2 3 4 5 6 7 8 9 10)
+# shellcheck source=/dev/null
+. "$B/lib/adapter_common_min.sh"
 work=$(mktemp -d /tmp/usher-load-side.XXXXXX)
 export ADAPTER_DIR=$work/proxy UP_DIR=$work/upstream UP_CPUS=1
 mkdir -p "$ADAPTER_DIR" "$UP_DIR"
-# shellcheck source=/dev/null
-. "$B/lib/adapter_common_min.sh"
+p1="" p2=""
+cleanup() {
+  stop_pid "$p1"; stop_pid "$p2"
+  "$script" stop >/dev/null 2>&1 || true
+  "$B/lib/upstream.sh" stop || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 # the files the harness serves (made as bench.sh makes them, if it has not run yet)
 mkdir -p "$BENCH_WORK/certs" "$BENCH_WORK/www/static"
@@ -42,12 +50,6 @@ mkdir -p "$BENCH_WORK/certs" "$BENCH_WORK/www/static"
 [ -s "$DOCROOT/static/1k.bin" ] || head -c 1024 /dev/urandom > "$DOCROOT/static/1k.bin"
 [ -s "$DOCROOT/static/1m.bin" ] || head -c 1048576 /dev/urandom > "$DOCROOT/static/1m.bin"
 
-cleanup() {
-  "$script" stop >/dev/null 2>&1 || true
-  "$B/lib/upstream.sh" stop || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 "$B/lib/upstream.sh" start >/dev/null
 "$script" start > "$ADAPTER_DIR/adapter.log" 2>&1
 port=$HTTP_PORT; [ "$scheme" = https ] && port=$HTTPS_PORT
@@ -64,6 +66,7 @@ p2=$!
 timeout $((dur + 30)) perf stat -e "$events" -o "$work/wrk.stat" \
   taskset -c 1 wrk -t1 -c"$conns" -d"${dur}s" "$url" > "$work/wrk.out"
 wait "$p1" "$p2"
+p1="" p2=""
 req=$(awk '/requests in/{print $1}' "$work/wrk.out")
 echo "$(basename "$script" .sh) $url: $(awk '/Requests\/sec/{print $2}' "$work/wrk.out") requests/s"
 for w in wrk up px; do

@@ -473,6 +473,8 @@ struct SendLimits {
     delivered: u64,
     /// When the whole response was in usher's hands, and how much had been delivered then.
     complete_at: Option<(Instant, u64)>,
+    /// When the body was first asked for.
+    first_asked: Option<Instant>,
 }
 
 impl SendLimits {
@@ -483,6 +485,7 @@ impl SendLimits {
             grace: t.client_min_rate_grace,
             delivered: 0,
             complete_at: None,
+            first_asked: None,
         }
     }
 
@@ -589,10 +592,13 @@ impl HttpBody for SpooledResponse {
             return Poll::Ready(None);
         }
         let mut s = this.shared.lock();
+        let first_asked = *this.limits.first_asked.get_or_insert_with(Instant::now);
         // (timed from the app's end, not from this look: a client whose socket was full
-        // meanwhile has been slow since then; nothing was delivered in between)
+        // meanwhile has been slow since then, and nothing was delivered in between; but never
+        // from before the body was first asked for, which can wait on HTTP/2 flow control or
+        // a pipelined response ahead of it)
         if let (Some(at), None) = (s.complete, this.limits.complete_at) {
-            this.limits.complete_at = Some((at, this.limits.delivered));
+            this.limits.complete_at = Some((at.max(first_asked), this.limits.delivered));
         }
         if let Some((chunk, _reserved)) = s.memory.pop_front() {
             s.memory_bytes -= chunk.len();

@@ -625,9 +625,13 @@ async fn renew_internal(
     }
 }
 
-/// A listener on `addr`. Its connections are accepted once their first bytes are in, or
-/// after `first_bytes` without any (see [`sockopt::set_defer_accept`]).
-fn bind(addr: SocketAddr, first_bytes: Duration) -> Result<TcpListener, StartupError> {
+/// How long the kernel holds a new connection for its first bytes before handing it over
+/// anyway (see [`sockopt::set_defer_accept`]). Clients send theirs at once; one that sends
+/// nothing comes to usher (and its caps and `client_header`) after about a second.
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(1);
+
+/// A listener on `addr`. Its connections are handed over with their first bytes.
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     let err = |source| StartupError::Bind { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -638,7 +642,7 @@ fn bind(addr: SocketAddr, first_bytes: Duration) -> Result<TcpListener, StartupE
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
     let listener = socket.listen(BACKLOG).map_err(err)?;
-    if let Err(e) = sockopt::set_defer_accept(&listener, first_bytes) {
+    if let Err(e) = sockopt::set_defer_accept(&listener, FIRST_BYTES_WAIT) {
         // (only a cost: each connection then wakes usher once more)
         tracing::warn!(%addr, error = %e, "TCP_DEFER_ACCEPT not set");
     }

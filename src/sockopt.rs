@@ -22,12 +22,21 @@ pub fn set_rcvlowat(tcp: &TcpStream, bytes: u32) -> io::Result<()> {
     set_int(tcp, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value)
 }
 
-/// Sets `TCP_DEFER_ACCEPT` on `listener`: the kernel completes a connection's accept only
-/// once it has data, or after about `wait` (whole seconds, at least one) without any, when
-/// it is accepted as usual. nginx's `deferred` takes its header timeout as that wait.
+/// Sets `TCP_DEFER_ACCEPT` on `listener`: the kernel completes a connection's accept once it
+/// has data, or, with none, after the first retransmission of its SYN-ACK (about a second
+/// for a one-second wait: Linux counts the wait in retransmissions, so a longer one grows
+/// in doubling steps), when it is accepted as usual. Linux only; elsewhere nothing is set.
 pub fn set_defer_accept(listener: &TcpListener, wait: Duration) -> io::Result<()> {
-    let secs = wait.as_secs().clamp(1, libc::c_int::MAX as u64) as libc::c_int;
-    set_int(listener, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)
+    #[cfg(target_os = "linux")]
+    {
+        let secs = wait.as_secs().clamp(1, libc::c_int::MAX as u64) as libc::c_int;
+        set_int(listener, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (listener, wait);
+        Ok(())
+    }
 }
 
 #[allow(unsafe_code)]

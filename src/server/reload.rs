@@ -254,7 +254,7 @@ impl Core {
                     bound: l.bound,
                     stop: l.stop.clone(),
                 }),
-                None => fresh.push((kind, addr, bind(addr, config.timeouts.client_header)?)),
+                None => fresh.push((kind, addr, bind(addr)?)),
             }
         }
         let bound = |k: Kind| {

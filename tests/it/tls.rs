@@ -281,9 +281,10 @@ impl rustls::client::ClientSessionStore for CountingStore {
 }
 
 /// Each TLS 1.3 handshake, full or resumed, leaves the client one ticket (as Caddy does, and
-/// nginx after a resumption), and the next connection resumes with it.
+/// nginx after a resumption), and the next connection resumes with it; a client that asks
+/// for more (RFC 9149) gets up to four.
 #[tokio::test]
-async fn each_handshake_leaves_one_ticket_and_the_next_connection_resumes() {
+async fn each_handshake_leaves_one_ticket_unless_more_are_asked_for() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let usher = TestServer::start(TWO_SITES).await;
     let store = std::sync::Arc::new(CountingStore {
@@ -318,4 +319,31 @@ async fn each_handshake_leaves_one_ticket_and_the_next_connection_resumes() {
     }
     use rustls::HandshakeKind::{Full, Resumed};
     assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+
+    // a client that asks for more (RFC 9149) gets what it asks for, up to four
+    let before = store.tickets.load(std::sync::atomic::Ordering::SeqCst);
+    let mut config = (*crate::support::client::tls_config(usher.ca(), Proto::H1)).clone();
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    config.send_ticket_request = Some(rustls::client::TicketRequest {
+        new_session_count: 6,
+        resumption_count: 6,
+    });
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(usher.https()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = crate::support::bounded("handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    crate::support::bounded("the answer", tls.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tickets.load(std::sync::atomic::Ordering::SeqCst) - before,
+        4,
+        "a client asking for six gets four"
+    );
 }

@@ -357,7 +357,7 @@ async fn a_long_body_arrives_whole_and_its_connection_carries_a_short_answer_nex
     })
     .await;
     let usher = TestServer::start(&format!(
-        "[timeouts]\nupstream_response = \"3s\"\n{}",
+        "[timeouts]\nupstream_response = \"5s\"\n{}",
         config(&app, "")
     ))
     .await;
