@@ -45,8 +45,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client connection's transport: TCP, or TLS over it.
 pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits until the socket has something to read, or the client closed it.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Ready when the socket has something to read, or the client closed it.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Whether a read would return at once without the socket: TLS records already
     /// received and decrypted ahead, or the client's close_notify.
@@ -54,8 +54,8 @@ pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl ClientIo for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     fn has_pending(&mut self) -> bool {
@@ -64,8 +64,8 @@ impl ClientIo for TcpStream {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.get_ref().0.readable()
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
     }
 
     fn has_pending(&mut self) -> bool {
@@ -79,7 +79,7 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
 
 /// A connection's HTTP sessions, boxed: a parked connection's task then holds little
 /// more than its socket.
-type Serving<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub(super) async fn serve_tcp(
     tcp: TcpStream,
@@ -88,6 +88,23 @@ pub(super) async fn serve_tcp(
     shared: Arc<Shared>,
     slot: CapSlot,
 ) {
+    // Two steps, each in a box of its own: a task is as large as its largest state, and the
+    // handshake's is larger than a parked connection's.
+    let serving = Box::pin(start(tcp, peer, is_tls, shared, slot)).await;
+    if let Some(serving) = serving {
+        serving.await;
+    }
+}
+
+/// A connection's start: the TLS handshake, or on the plain listener a look at its first
+/// bytes. `None` when it ends there.
+async fn start(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    is_tls: bool,
+    shared: Arc<Shared>,
+    slot: CapSlot,
+) -> Option<Serving> {
     let received = shared.metrics.received.clone();
     let info = move |tls, sni| {
         let mut info = ConnInfo::new(peer, tls, sni);
@@ -96,14 +113,9 @@ pub(super) async fn serve_tcp(
         Arc::new(info)
     };
     let live = shared.live.load().conn.clone();
-    // (the sessions are boxed: a task is as large as its largest state, and a parked
-    // connection should hold little more than its socket)
-    let serve: Serving<'_> = match (&live.tls, is_tls) {
+    match (&live.tls, is_tls) {
         (Some(acceptor), true) => {
-            let handshake = Box::pin(tokio::time::timeout(
-                live.handshake_timeout,
-                acceptor.accept(tcp),
-            ));
+            let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => {
@@ -113,38 +125,36 @@ pub(super) async fn serve_tcp(
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         shared.metrics.handshakes.failed.inc();
-                        return;
+                        return None;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
                         shared.metrics.handshakes.timed_out.inc();
-                        return;
+                        return None;
                     }
                 },
-                _ = shared.drain.cancelled() => return,
+                _ = shared.drain.cancelled() => return None,
             };
-            after_handshake(stream, info, shared, &live)
+            Some(after_handshake(stream, info, shared, live))
         }
         _ => {
             let info = info(false, None);
-            match may_be_h2c(&tcp, live.watch, &shared).await {
-                Some(true) => Box::pin(serve_auto(tcp, info, shared, &live)),
-                Some(false) => Box::pin(serve_h1(tcp, info, shared, &live)),
-                None => return,
+            match may_be_h2c(&tcp, live.watch, &shared).await? {
+                true => Some(Box::pin(serve_auto(tcp, info, shared, live))),
+                false => Some(Box::pin(serve_h1(tcp, info, shared, live))),
             }
         }
-    };
-    serve.await;
+    }
 }
 
 /// What follows a TLS handshake: the HTTP sessions, HTTP/2 or HTTP/1.1 as ALPN says; for a CA
 /// validating TLS-ALPN-01, only the close (the handshake was the whole answer).
-fn after_handshake<'a>(
+fn after_handshake(
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     info: impl FnOnce(bool, Option<Box<str>>) -> Arc<ConnInfo>,
     shared: Arc<Shared>,
-    live: &'a ConnSettings,
-) -> Serving<'a> {
+    live: Arc<ConnSettings>,
+) -> Serving {
     let alpn = stream.get_ref().1.alpn_protocol();
     if alpn == Some(ACME_TLS_ALPN) {
         let mut stream = stream;
@@ -211,7 +221,7 @@ async fn serve_auto<I: ClientIo>(
     io: I,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    live: &ConnSettings,
+    live: Arc<ConnSettings>,
 ) {
     let io = TokioIo::new(Watched::new(io, info.clone(), Bytes::new()));
     let svc = service(&shared, &info);
@@ -226,12 +236,12 @@ async fn serve_auto<I: ClientIo>(
 // Not an async fn: an async block uses its captures in place, where an async fn's body
 // copies its arguments into locals, and the socket (1.2 KiB with TLS) would be held twice.
 #[allow(clippy::manual_async_fn)]
-fn serve_h1<'a, I: ClientIo>(
+fn serve_h1<I: ClientIo>(
     mut io: I,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    live: &'a ConnSettings,
-) -> impl Future<Output = ()> + Send + 'a {
+    live: Arc<ConnSettings>,
+) -> impl Future<Output = ()> + Send {
     async move {
         let svc = service(&shared, &info);
         let limits = WatchLimits {
@@ -242,7 +252,11 @@ fn serve_h1<'a, I: ClientIo>(
         loop {
             info.parking.store(false, Ordering::Relaxed);
             // requests without a body first, without hyper (h1.rs)
-            let (ended, rest) = h1::serve(&mut io, prefix, &info, &shared, live.head, limits).await;
+            // (boxed, like the sessions below: the task holds no room for them while parked)
+            let (ended, rest) = Box::pin(h1::serve(
+                &mut io, prefix, &info, &shared, live.head, limits,
+            ))
+            .await;
             prefix = rest;
             match ended {
                 Ended::Closed => return,
@@ -251,13 +265,14 @@ fn serve_h1<'a, I: ClientIo>(
                 Ended::Handoff => {
                     let mut session =
                         H1Session::start(&live.h1, io, info.clone(), prefix, svc.clone());
-                    let parked = drive(
+                    // (the watcher boxed too, for the same reason)
+                    let parked = Box::pin(drive(
                         Pin::new(&mut *session.0),
                         |c| c.graceful_shutdown(),
                         &info,
                         &shared,
                         limits,
-                    )
+                    ))
                     .await;
                     // (none when the connection was upgraded: it has become a tunnel)
                     match parked.then(|| session.take_back()).flatten() {
@@ -272,7 +287,7 @@ fn serve_h1<'a, I: ClientIo>(
             }
             if prefix.is_empty()
                 && !io.has_pending()
-                && !park(&mut io, &info, &shared, limits).await
+                && !park(&mut io, &info, &shared, limits.idle).await
             {
                 return;
             }
@@ -311,18 +326,17 @@ where
 }
 
 /// A parked connection: waits, holding only the socket, for the client to send again.
-/// Closes it (as hyper would, with TLS close_notify) when it stays idle for `client_idle` or
-/// a drain begins. Returns whether to serve it again.
-async fn park<I: ClientIo>(
-    io: &mut I,
-    info: &ConnInfo,
-    shared: &Shared,
-    limits: WatchLimits,
-) -> bool {
-    let idle_until = info.last_active_at() + limits.idle;
+/// Closes it (as hyper would, with TLS close_notify) when it stays idle for `idle` or a drain
+/// begins. Returns whether to serve it again.
+async fn park<I: ClientIo>(io: &mut I, info: &ConnInfo, shared: &Shared, idle: Duration) -> bool {
+    let idle_until = info.last_active_at() + idle;
     let _counted = Parked::count(&shared.caps);
+    // (the socket's own read readiness rather than a `readable()` future, which would take
+    // 150 bytes more in every parked connection's task)
+    let socket = &mut *io;
+    let readable = std::future::poll_fn(move |cx| socket.poll_read_ready(cx));
     tokio::select! {
-        r = io.readable() => return r.is_ok(),
+        r = readable => return r.is_ok(),
         _ = tokio::time::sleep_until(idle_until) => {}
         _ = shared.drain.cancelled() => {}
         _ = shared.hard_stop.cancelled() => return false,
