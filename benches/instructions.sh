@@ -2,7 +2,7 @@
 # Instructions per request, counted by callgrind: repeatable where timings on this shared box
 # are not. usher runs under valgrind twice, for N1 and N2 requests (h2load, HTTP/1.1, 10
 # connections); the difference over N2-N1 is one request's cost, by function.
-#   benches/instructions.sh [PATH...]   default: /static/1k.bin /small
+#   benches/instructions.sh [PATH...]   default: /static/1k.bin /small; INCLUSIVE=yes: inclusive cost
 # /static/ is a 1 KiB file from memory, /cache/ is proxied and cached (the upstream allows an
 # hour: after the first request every one is a hit), anything else is proxied to a 1-worker
 # nginx (the shared harness's upstream). Needs valgrind, nginx, h2load; builds usher in release mode.
@@ -61,7 +61,7 @@ count() {
   taskset -c "$UP_CPUS" h2load --h1 -n "$2" -c 10 "http://127.0.0.1:17500$1" | grep -q "$2 succeeded" \
     || { echo "requests failed" >&2; exit 1; }
   kill -TERM "$VP"; wait "$VP" || true; VP=""
-  callgrind_annotate --inclusive=no --threshold=100 "$WORK/cg.out" 2>/dev/null
+  callgrind_annotate --inclusive="${INCLUSIVE:-no}" --threshold=100 "$WORK/cg.out" 2>/dev/null
 }
 
 for path in "${@:-/static/1k.bin /small}"; do
