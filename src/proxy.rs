@@ -7,6 +7,7 @@
 //! 4. Dispatch on the route's action: static files, redirect, or `forward`.
 //! 5. `forward`: rewrite request headers -> `pool.send` -> rewrite response headers -> respond.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,13 +149,18 @@ impl Proxy {
     }
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
-    pub async fn handle(&self, req: Request<ClientBody>, conn: Arc<ConnInfo>) -> Response<Logged> {
+    /// `H` says how the forwarding of a proxied request is held (see [`Hold`]).
+    pub async fn handle<H: Hold>(
+        &self,
+        req: Request<ClientBody>,
+        conn: Arc<ConnInfo>,
+    ) -> Response<Logged> {
         let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
         let accept = self
             .compression
             .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
             .flatten();
-        let resp = match self.try_handle(req, &conn, &mut tail).await {
+        let resp = match self.try_handle::<H>(req, &conn, &mut tail).await {
             Ok(resp) => resp,
             Err(e) => {
                 match e.side() {
@@ -184,7 +190,7 @@ impl Proxy {
         resp.map(|b| Logged::new(b, tail))
     }
 
-    async fn try_handle(
+    async fn try_handle<H: Hold>(
         &self,
         req: Request<ClientBody>,
         conn: &Arc<ConnInfo>,
@@ -270,7 +276,7 @@ impl Proxy {
                     Ok(resp) => return Ok(resp),
                     Err(key) => key,
                 };
-                Box::pin(forward(self, pool, route, req, uri, key, conn, tail)).await
+                H::hold(forward(self, pool, route, req, uri, key, conn, tail)).await
             }
         }
     }
@@ -322,6 +328,33 @@ fn key_host<B>(req: &Request<B>) -> &str {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or(""),
+    }
+}
+
+/// How a proxied request's forwarding (a 5.2 KiB future: the cache, the upstream pool, the
+/// send) is held while it runs.
+pub trait Hold {
+    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send;
+}
+
+/// In place, in the request's own future: for usher's HTTP/1.1 path, whose session future is
+/// allocated once per session, so a request pays no allocation for it.
+pub struct InPlace;
+
+/// In a box of its own: where hyper moves each request's future by value (its HTTP/2
+/// streams are spawned as tasks), so what moves stays small (about 2.5 KiB) and only a proxied
+/// request pays the allocation.
+pub struct Boxed;
+
+impl Hold for InPlace {
+    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
+        f
+    }
+}
+
+impl Hold for Boxed {
+    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
+        Box::pin(f)
     }
 }
 

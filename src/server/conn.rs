@@ -31,6 +31,7 @@ use super::h1::{self, Ended};
 use super::{CapSlot, ConnCaps, ConnInfo, ConnSettings, Live, Shared, Watch, WatchLimits};
 use crate::acme::ACME_TLS_ALPN;
 use crate::body::{ClientBody, Logged};
+use crate::proxy::Boxed;
 
 /// How long an HTTP/1.1 connection sits idle before it is parked: long enough that a client
 /// sending request after request keeps its session, short enough that thousands of idle
@@ -212,7 +213,10 @@ async fn respond(
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Logged>, std::convert::Infallible> {
-    Ok(live.proxy.handle(req.map(ClientBody::Hyper), info).await)
+    Ok(live
+        .proxy
+        .handle::<Boxed>(req.map(ClientBody::Hyper), info)
+        .await)
 }
 
 /// HTTP/2, or HTTP/1.1 that began like the h2c preface: hyper-util's auto builder, one
