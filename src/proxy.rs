@@ -338,7 +338,9 @@ pub trait Hold {
 }
 
 /// In place, in the request's own future: for usher's HTTP/1.1 path, whose session future is
-/// allocated once per session, so a request pays no allocation for it.
+/// allocated once per session (requests that follow each other within 50 ms; a
+/// connection that pauses longer is parked and starts a new one), so a request in a running
+/// session pays no allocation for it.
 pub struct InPlace;
 
 /// In a box of its own: where hyper moves each request's future by value (its HTTP/2

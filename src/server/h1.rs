@@ -74,8 +74,8 @@ pub(super) async fn serve<I: ClientIo>(
     // (the socket by reference: the connection's task holds it once, parked or not)
     let mut watched = Watched::new(io, info.clone(), prefix);
     {
-        // (boxed: a connection's task keeps only the socket while it is parked)
-        let mut session = Box::pin(async {
+        // (in place: the caller boxes this whole future for as long as the session runs)
+        let mut session = std::pin::pin!(async {
             let r = session(&mut watched, &mut buf, &stop, info, shared, head).await;
             r.map(|e| ended = e)
         });
