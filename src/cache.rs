@@ -262,7 +262,8 @@ impl Cache {
         }
         let e = self.store.get(key)?;
         let simple = e.simple.as_ref()?;
-        let now = SystemTime::now();
+        // (HTTP counts ages in seconds: a coarse reading, see `clock`)
+        let now = crate::clock::coarse_wall();
         let left = simple.fresh_until.duration_since(now).ok()?;
         let age = simple.age_at_store + now.duration_since(e.stored).unwrap_or_default();
         let mut headers = simple.head.clone();

@@ -27,6 +27,7 @@ pub mod body;
 pub mod buffer;
 pub mod cache;
 pub mod certs;
+pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod error;

@@ -257,7 +257,7 @@ impl Proxy {
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
-                let due = match files.hot_hit(&req) {
+                let due = match files.hot_hit(&req, tail.started()) {
                     Ok(resp) => return Ok(resp),
                     Err(due) => due,
                 };

@@ -139,7 +139,7 @@ impl ConnInfo {
             parking: AtomicBool::new(false),
             read_waiting: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
-            epoch: Instant::now(),
+            epoch: crate::clock::coarse_now(),
         }
     }
 
@@ -168,7 +168,10 @@ impl ConnInfo {
     }
 
     fn touch(&self) -> u64 {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+        // (three times a request: a coarse reading, see `clock`)
+        let ms = crate::clock::coarse_now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64;
         self.last_active.store(ms, Ordering::Relaxed);
         ms
     }

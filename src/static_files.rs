@@ -12,6 +12,7 @@ mod hot;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
@@ -51,12 +52,16 @@ impl StaticFiles {
 
     /// The answer from memory to a request for a file held there and looked at recently
     /// enough, without taking the request; otherwise the entry held for it that is due for
-    /// a look, if any, to hand to [`StaticFiles::serve`].
-    pub fn hot_hit<B>(&self, req: &Request<B>) -> Result<Response<Body>, Option<Arc<hot::Hot>>> {
+    /// a look, if any, to hand to [`StaticFiles::serve`]. `now`: the request's start.
+    pub fn hot_hit<B>(
+        &self,
+        req: &Request<B>,
+        now: Instant,
+    ) -> Result<Response<Body>, Option<Arc<hot::Hot>>> {
         if !hot::answerable(req) {
             return Err(None);
         }
-        match self.hot.get(req.uri().path()) {
+        match self.hot.get(req.uri().path(), now) {
             Some((entry, false)) => Ok(entry.respond(req)),
             Some((entry, true)) => Err(Some(entry)),
             None => Err(None),

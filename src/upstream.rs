@@ -529,7 +529,7 @@ impl PooledConn {
         let Some(conn) = conn else {
             return;
         };
-        let now = Instant::now();
+        let now = crate::clock::coarse_now();
         let mut idle = self.member.idle.lock().unwrap_or_else(|e| e.into_inner());
         // the oldest first: ones past their time are closed here, not only when reached
         if idle.first().is_some_and(|c| c.expires <= now) {
@@ -644,19 +644,21 @@ impl Pool {
             .await
             .map_err(|e| (e, Arc::from("-")))?
             .map(Arc::new);
-        let deadline = Instant::now() + self.connect_timeout;
+        // (coarse readings for these: see `clock`)
+        let deadline = crate::clock::coarse_now() + self.connect_timeout;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let retry_left = attempt <= self.retries && Instant::now() < deadline;
+            let retry_left = attempt <= self.retries && crate::clock::coarse_now() < deadline;
             let i = self.pick(req.headers(), client, tried);
             tried |= 1 << (i % 64);
             let member = &self.members[i];
             let fail = |e| (e, member.label.clone());
             let slot = self.member_slot(member).await.map_err(fail)?;
             let in_flight = InFlight::new(member, slot, pool_slot.clone());
+            // (one reading for the latency, the idle checks and the response's deadline)
             let started = Instant::now();
-            let (mut conn, reused) = match self.checkout(member) {
+            let (mut conn, reused) = match self.checkout(member, started) {
                 Some(c) => (c, true),
                 // boxed: a new connection is the rare case, and its future is large
                 None => match Box::pin(self.connect(member)).await {
@@ -685,8 +687,11 @@ impl Pool {
             } else {
                 None
             };
-            let sent_at = Instant::now();
-            let sent = tokio::time::timeout(self.response_timeout, conn.sender.try_send(req)).await;
+            // (a pooled connection is sent on at once; a new one only after its connect)
+            let sent_at = if reused { started } else { Instant::now() };
+            let sent =
+                tokio::time::timeout_at(sent_at + self.response_timeout, conn.sender.try_send(req))
+                    .await;
             match sent {
                 Ok(Ok(mut response)) => {
                     let took = started.elapsed();
@@ -968,7 +973,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and fresh.
-    fn checkout(&self, member: &Arc<Member>) -> Option<PooledConn> {
+    fn checkout(&self, member: &Arc<Member>, now: Instant) -> Option<PooledConn> {
         if self.protocol == UpstreamProtocol::H2c {
             let mut shared = member.h2.lock().unwrap_or_else(|e| e.into_inner());
             return match shared.as_ref() {
@@ -989,7 +994,7 @@ impl Pool {
                 let mut idle = member.idle.lock().unwrap_or_else(|e| e.into_inner());
                 // LIFO: the most recently used is the likeliest still open at the app
                 match idle.pop() {
-                    Some(c) if c.expires <= Instant::now() => {
+                    Some(c) if c.expires <= now => {
                         drop(idle);
                         continue;
                     }
@@ -1002,7 +1007,7 @@ impl Pool {
                     sender: Sender::Wire(candidate.conn),
                     member: member.clone(),
                     idle_limit: self.idle_timeout,
-                    idled: candidate.released.elapsed(),
+                    idled: now.saturating_duration_since(candidate.released),
                 });
             }
         }

@@ -487,14 +487,14 @@ where
 /// The Date header's value, formatted once a second per thread (as hyper does).
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     thread_local! {
         static NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
 
     pub(super) fn extend(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
+        let now = crate::clock::coarse_wall();
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         NOW.with_borrow_mut(|(at, text)| {
             if *at != secs || text.is_empty() {

@@ -95,14 +95,19 @@ impl HotFiles {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
     }
 
-    /// The entry for `key`, and whether it is due to be looked at again.
-    pub fn get(&self, key: &str) -> Option<(Arc<Hot>, bool)> {
+    fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The entry for `key`, and whether it is due to be looked at again at `now` (the
+    /// request's start: the clock is not read again for it).
+    pub fn get(&self, key: &str, now: Instant) -> Option<(Arc<Hot>, bool)> {
         let hot = self.entries.get(key)?;
         let age = self
-            .now_ms()
+            .ms_at(now)
             .saturating_sub(hot.checked_ms.load(Ordering::Relaxed));
         let due = self.valid.is_zero() || u128::from(age) >= self.valid.as_millis();
         Some((hot, due))
