@@ -398,22 +398,56 @@ where
     // or a long poll, is not woken for it)
     let nap = busy_nap.min(limits.park.unwrap_or(Duration::MAX));
     let watch = tokio::time::sleep(nap);
-    tokio::pin!(watch);
+    let drain = shared.drain.cancelled();
+    let hard_stop = shared.hard_stop.cancelled();
+    tokio::pin!(watch, drain, hard_stop);
     let mut closing = false;
+    // The session is polled on every wake-up; the others only when they may be ready, which
+    // halves the cost of a wake-up. The stop signals are registered by their first poll, and
+    // a wake-up from one comes after its flag is set; the watch when it is new or reset (a
+    // poll registers it) and once it has elapsed.
+    let mut first = true;
+    let mut watch_new = true;
     loop {
-        tokio::select! {
-            r = conn.as_mut() => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(r));
+            }
+            if (first || shared.hard_stop.fired()) && hard_stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::HardStop);
+            }
+            if !closing && (first || shared.drain.fired()) && drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            first = false;
+            if !closing && (watch_new || watch.is_elapsed()) {
+                watch_new = false;
+                if watch.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Watch);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(r) => {
                 ended(r, info);
                 return false;
             }
-            _ = shared.drain.cancelled(), if !closing => {
+            Event::HardStop => return false,
+            Event::Drain => {
                 closing = true;
                 shutdown(conn.as_mut());
             }
-            _ = watch.as_mut(), if !closing => match info.watch(limits, Instant::now()) {
+            Event::Watch => match info.watch(limits, Instant::now()) {
                 Watch::Until(deadline) => {
-                    let cap = if info.in_flight.load(Ordering::Relaxed) > 0 { busy_nap } else { nap };
+                    let cap = if info.in_flight.load(Ordering::Relaxed) > 0 {
+                        busy_nap
+                    } else {
+                        nap
+                    };
                     watch.as_mut().reset(deadline.min(Instant::now() + cap));
+                    watch_new = true;
                 }
                 Watch::Idle => {
                     closing = true;
@@ -421,7 +455,10 @@ where
                 }
                 // hyper not between requests (a response still flushing to a slow reader, or a
                 // close it decided on): look again later
-                Watch::Park if !info.session_idle() => watch.as_mut().reset(Instant::now() + nap),
+                Watch::Park if !info.session_idle() => {
+                    watch.as_mut().reset(Instant::now() + nap);
+                    watch_new = true;
+                }
                 Watch::Park => {
                     closing = true;
                     info.parking.store(true, Ordering::Relaxed);
@@ -438,9 +475,16 @@ where
                     return false;
                 }
             },
-            _ = shared.hard_stop.cancelled() => return false,
         }
     }
+}
+
+/// What woke [`drive`].
+enum Event<E> {
+    Ended(Result<(), E>),
+    HardStop,
+    Drain,
+    Watch,
 }
 
 /// The transport as hyper sees it: records the time of every read and write for the idle

@@ -139,7 +139,7 @@ impl Core {
     pub(super) fn new(log: Option<AccessLog>, shared: Arc<Shared>) -> Arc<Core> {
         let challenges = Arc::new(Challenges::default());
         Arc::new(Core {
-            shutdown: shared.drain.clone(),
+            shutdown: shared.drain.token.clone(),
             shared,
             provider: tls::provider(),
             resolver: Arc::new(CertResolver::new(challenges.clone())),

@@ -4,7 +4,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncReadExt;
 
 use crate::support::process::Running;
-use crate::support::{bounded, Client, Proto, TestServer, Upstream};
+use crate::support::{bounded, eventually, Client, Proto, TestServer, Upstream};
 
 fn config(upstream: &str, grace: &str) -> String {
     format!(
@@ -203,6 +203,42 @@ async fn shutdown_closes_idle_keepalive_connections() {
     assert_eq!(c.get("app.test", "/").await.status, 200);
     // The grace period is 60 s and `stop` is bounded by 10 s: it returns only because the idle
     // keep-alive connection was closed at once.
+    usher.stop().await;
+}
+
+fn app_only(up: &Upstream) -> String {
+    format!(
+        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
+        up.addr
+    )
+}
+
+/// A drain reaches an HTTP/1.1 session while it waits on the app: the answer still comes,
+/// and says the connection closes after it.
+#[tokio::test]
+async fn a_drain_during_a_request_answers_it_with_connection_close() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&app_only(&up)).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    // (a first request: the connection's session is usher's own HTTP/1.1 path)
+    assert_eq!(c.get("app.test", "/").await.header("connection"), "");
+    let slow = tokio::spawn(async move { c.get("app.test", "/slow?ms=500").await });
+    eventually("the app has the request", || up.in_progress() == 1).await;
+    let stopped = tokio::spawn(usher.stop());
+    let resp = bounded("the slow answer", slow).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), "close");
+    bounded("the drain", stopped).await.unwrap();
+}
+
+/// A drain reaches an idle HTTP/2 connection (never parked) at once: `shutdown` + `wait`
+/// returns without waiting out the 60 s grace period.
+#[tokio::test]
+async fn shutdown_closes_idle_http2_connections() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&app_only(&up)).await;
+    let mut c = Client::plain(usher.http, Proto::H2).await;
+    assert_eq!(c.get("app.test", "/").await.status, 200);
     usher.stop().await;
 }
 
