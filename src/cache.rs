@@ -262,7 +262,9 @@ impl Cache {
         }
         let e = self.store.get(key)?;
         let simple = e.simple.as_ref()?;
-        // (HTTP counts ages in seconds: a coarse reading, see `clock`)
+        // (HTTP counts ages in seconds: a coarse reading, see `clock`. It may say fresh for a
+        // tick or two past the expiry, which the full path, reading the precise clock, would
+        // not.)
         let now = crate::clock::coarse_wall();
         let left = simple.fresh_until.duration_since(now).ok()?;
         let age = simple.age_at_store + now.duration_since(e.stored).unwrap_or_default();

@@ -4,8 +4,8 @@
 //! A request read the clock 9 times (a static file from memory) to 15 times (proxied), and a
 //! precise reading costs 19 ns on this project's test machine (the timestamp counter, read
 //! through the vDSO), 1.3% of usher's CPU per static request. The kernel's coarse clocks are
-//! the time of its last tick, read without the counter: 4.5 ns. They lag by up to one tick
-//! (1 to 10 ms, with the kernel's HZ), which no timeout of usher's can tell. What a client or
+//! the time of its last tick, read without the counter: 4.5 ns. They lag by up to a tick or
+//! so (1 to 10 ms, with the kernel's HZ), which no timeout of usher's can tell. What a client or
 //! an operator sees to the microsecond (a request's duration, an upstream's latency) still
 //! reads `Instant::now`.
 //!
@@ -27,15 +27,22 @@ struct Base {
 static BASE: OnceLock<Base> = OnceLock::new();
 
 fn base() -> Base {
-    let coarse = coarse_mono().unwrap_or_default();
     let tick = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
         .map(Duration::from)
         .unwrap_or(Duration::from_millis(10));
-    // The coarse reading lagged by up to a tick here; placed a tick back, a later one does
-    // not map to a time ahead of the precise clock (it is up to two ticks behind).
-    let now = Instant::now();
+    // The precise reading first: the coarse one after it is no earlier (less its lag, under a
+    // tick). Placed two ticks back, a later coarse reading cannot map to a time ahead of the
+    // precise clock; it is up to three ticks behind, and the time between the two readings
+    // (taken again if a preemption made that long).
+    let (mut now, mut coarse) = (Instant::now(), coarse_mono().unwrap_or_default());
+    for _ in 0..3 {
+        if now.elapsed() < Duration::from_millis(1) {
+            break;
+        }
+        (now, coarse) = (Instant::now(), coarse_mono().unwrap_or_default());
+    }
     Base {
-        instant: now.checked_sub(tick).unwrap_or(now),
+        instant: now.checked_sub(tick * 2).unwrap_or(now),
         coarse,
     }
 }
@@ -46,7 +53,7 @@ fn coarse_mono() -> Option<Duration> {
         .map(Duration::from)
 }
 
-/// Now, up to two kernel ticks (a tick is 1 to 10 ms) behind `Instant::now()`, not ahead.
+/// Now, up to three kernel ticks (a tick is 1 to 10 ms) behind `Instant::now()`, not ahead.
 pub fn coarse_now() -> Instant {
     let base = BASE.get_or_init(base);
     match coarse_mono() {
@@ -70,19 +77,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coarse_time_stays_within_a_few_ticks_of_the_precise_clock() {
+    fn coarse_time_is_not_ahead_and_a_few_ticks_behind_at_most() {
         let tick = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
             .map(Duration::from)
             .unwrap();
+        // (three ticks, and room for a virtual machine whose CPU the host holds back: the
+        // kernel's tick is late then)
+        let behind = (tick * 3 + Duration::from_millis(1)).max(Duration::from_millis(50));
         for _ in 0..10_000 {
             let before = Instant::now();
             let coarse = coarse_now();
             let after = Instant::now();
-            // (a tick's slack either way: the kernel updates its coarse time a little after
-            // the tick when it comes out of idle)
-            assert!(coarse <= after + tick, "ahead by {:?}", coarse - after);
+            assert!(coarse <= after, "ahead by {:?}", coarse - after);
             assert!(
-                before.saturating_duration_since(coarse) <= tick * 3,
+                before.saturating_duration_since(coarse) <= behind,
                 "behind by {:?} (tick {tick:?})",
                 before - coarse
             );

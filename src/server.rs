@@ -308,8 +308,8 @@ struct Stop {
 }
 
 impl Stop {
-    /// Fires it: the flag first, so that a task the token wakes sees it set. (Only here: a
-    /// clone of the token must not be cancelled on its own.)
+    /// Fires it: the flag first, so that a task the token wakes sees it set. (Only here: what
+    /// else waits on the token gets a child of it.)
     fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.token.cancel();

@@ -405,7 +405,9 @@ where
     // The session is polled on every wake-up; the others only when they may be ready, which
     // halves the cost of a wake-up. The stop signals are registered by their first poll, and
     // a wake-up from one comes after its flag is set; the watch when it is new or reset (a
-    // poll registers it) and once it has elapsed.
+    // poll registers it) and once it has elapsed. (The watch is polled outside the task's
+    // budget: with the budget spent, as a busy session leaves it, a timer's poll would
+    // neither register it nor see it fire, and it would not be looked at again.)
     let mut first = true;
     let mut watch_new = true;
     loop {
@@ -422,7 +424,8 @@ where
             first = false;
             if !closing && (watch_new || watch.is_elapsed()) {
                 watch_new = false;
-                if watch.as_mut().poll(cx).is_ready() {
+                let mut watching = tokio::task::coop::unconstrained(watch.as_mut());
+                if Pin::new(&mut watching).poll(cx).is_ready() {
                     return Poll::Ready(Event::Watch);
                 }
             }

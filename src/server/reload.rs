@@ -139,7 +139,8 @@ impl Core {
     pub(super) fn new(log: Option<AccessLog>, shared: Arc<Shared>) -> Arc<Core> {
         let challenges = Arc::new(Challenges::default());
         Arc::new(Core {
-            shutdown: shared.drain.token.clone(),
+            // (a child: cancelling it cannot fire the drain behind `Stop::fire`'s back)
+            shutdown: shared.drain.token.child_token(),
             shared,
             provider: tls::provider(),
             resolver: Arc::new(CertResolver::new(challenges.clone())),

@@ -165,6 +165,38 @@ async fn keep_alive_lasts_client_idle_then_closes() {
     assert_eq!(read_to_close(&mut s).await, 0);
 }
 
+/// A burst of pipelined requests that spends the connection task's budget (tokio's, of I/O
+/// operations per poll) on its first poll does not cost the connection its watch: once the
+/// client falls silent, `client_idle` still closes it.
+#[tokio::test]
+async fn a_pipelined_burst_leaves_the_idle_limit_in_force() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("app").await;
+    // (requests outside the one route are answered at once, without an await: 404)
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nclient_idle = \"1s\"\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/app/\"\nproxy = [\"{}\"]\n",
+        up.addr
+    ))
+    .await;
+    const BURST: usize = 400;
+    let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
+    s.write_all(&b"GET /elsewhere HTTP/1.1\r\nHost: app.test\r\n\r\n".repeat(BURST))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let answered = |got: &[u8]| String::from_utf8_lossy(got).matches("HTTP/1.1 404").count();
+    while answered(&got) < BURST {
+        let n = bounded("the burst's answers", s.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed before the last answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // then, with nothing sent, the server closes it
+    assert_eq!(read_to_close(&mut s).await, 0);
+}
+
 /// A client that stops reading a response is dropped once nothing moves for the stall limit
 /// (the larger of client_idle and upstream_response).
 #[tokio::test]
