@@ -262,7 +262,10 @@ impl Proxy {
                     Err(due) => due,
                 };
                 let rel = rest_of_path(route, &path).to_owned();
-                files.serve(req, &rel, due).await
+                // boxed: the path to disk is the rarer one, and its future (824 bytes) in
+                // place made every request's future larger (HTTP/2 moves each by value into
+                // a task)
+                Box::pin(files.serve(req, &rel, due)).await
             }
             RouteAction::Redirect { status, to } => {
                 let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
