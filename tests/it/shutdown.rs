@@ -172,15 +172,11 @@ async fn keep_alive_lasts_client_idle_then_closes() {
 async fn a_pipelined_burst_leaves_the_idle_limit_in_force() {
     use tokio::io::AsyncWriteExt;
     let up = Upstream::start("app").await;
-    // (requests outside the one route are answered at once, without an await: 404)
-    let usher = TestServer::start(&format!(
-        "[timeouts]\nclient_idle = \"1s\"\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/app/\"\nproxy = [\"{}\"]\n",
-        up.addr
-    ))
-    .await;
+    let usher = TestServer::start(&app_site(&up, "client_idle = \"1s\"")).await;
     const BURST: usize = 400;
     let mut s = tokio::net::TcpStream::connect(usher.http).await.unwrap();
-    s.write_all(&b"GET /elsewhere HTTP/1.1\r\nHost: app.test\r\n\r\n".repeat(BURST))
+    // (a host no site serves is answered at once, without an await: 404)
+    s.write_all(&b"GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n".repeat(BURST))
         .await
         .unwrap();
     let mut got = Vec::new();
@@ -226,11 +222,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 #[tokio::test]
 async fn shutdown_closes_idle_keepalive_connections() {
     let up = Upstream::start("app").await;
-    let usher = TestServer::start(&format!(
-        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
-        up.addr
-    ))
-    .await;
+    let usher = TestServer::start(&app_site(&up, "")).await;
     let mut c = Client::plain(usher.http, Proto::H1).await;
     assert_eq!(c.get("app.test", "/").await.status, 200);
     // The grace period is 60 s and `stop` is bounded by 10 s: it returns only because the idle
@@ -238,19 +230,12 @@ async fn shutdown_closes_idle_keepalive_connections() {
     usher.stop().await;
 }
 
-fn app_only(up: &Upstream) -> String {
-    format!(
-        "[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\n",
-        up.addr
-    )
-}
-
 /// A drain reaches an HTTP/1.1 session while it waits on the app: the answer still comes,
 /// and says the connection closes after it.
 #[tokio::test]
 async fn a_drain_during_a_request_answers_it_with_connection_close() {
     let up = Upstream::start("app").await;
-    let usher = TestServer::start(&app_only(&up)).await;
+    let usher = TestServer::start(&app_site(&up, "")).await;
     let mut c = Client::plain(usher.http, Proto::H1).await;
     // (a first request: the connection's session is usher's own HTTP/1.1 path)
     assert_eq!(c.get("app.test", "/").await.header("connection"), "");
@@ -268,7 +253,7 @@ async fn a_drain_during_a_request_answers_it_with_connection_close() {
 #[tokio::test]
 async fn shutdown_closes_idle_http2_connections() {
     let up = Upstream::start("app").await;
-    let usher = TestServer::start(&app_only(&up)).await;
+    let usher = TestServer::start(&app_site(&up, "")).await;
     let mut c = Client::plain(usher.http, Proto::H2).await;
     assert_eq!(c.get("app.test", "/").await.status, 200);
     usher.stop().await;
