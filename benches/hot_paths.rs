@@ -197,14 +197,22 @@ fn cache(c: &mut Criterion) {
             matches!(hit, Lookup::Hit(_))
         })
     });
-    c.bench_function("cache fresh hit of 100 bytes (the fast path)", |b| {
-        b.iter(|| {
-            let parts = black_box(&parts);
-            cache
-                .fresh_hit(&key, &parts.method, &parts.headers)
-                .is_some()
-        })
-    });
+    for (name, encoded) in [
+        ("cache fresh hit of 100 bytes (the fast path)", false),
+        (
+            "cache fresh hit of 100 bytes (the fast path, encoded head)",
+            true,
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let parts = black_box(&parts);
+                cache
+                    .fresh_hit(&key, &parts.method, &parts.headers, encoded)
+                    .is_some()
+            })
+        });
+    }
 }
 
 criterion_group!(benches, routing, headers, balance, cache, static_paths);

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tower_http::services::fs::ServeFileSystemResponseBody;
 use crate::access_log::LogTail;
 use crate::buffer::{HeldResponse, SpooledResponse};
 use crate::upstream::{InFlight, PooledConn, RespBody};
+use crate::wire::EncodedHead;
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +29,9 @@ pin_project! {
     pub enum Body {
         /// A body usher made (error text, redirects); `None` once sent.
         Full { data: Option<Bytes> },
+        /// A body given with an encoded head, for usher's HTTP/1.1 path only: the response's
+        /// header map is empty (see [`Body::encoded`]).
+        Encoded { data: Option<Bytes>, head: Arc<EncodedHead>, numbers: [u64; 2] },
         /// An upstream response, streamed. (The larger bodies are boxed: a response moves
         /// several times on its way out, and a large enum would be copied each time.)
         Upstream { body: Box<UpstreamBody> },
@@ -54,6 +59,25 @@ impl Body {
             data: (!data.is_empty()).then_some(data),
         }
     }
+
+    /// `data` (`None` for a HEAD) sent with `head`, the numbered lines filled in with
+    /// `numbers`. Only for usher's HTTP/1.1 path (see `proxy::Hold`): its response carries no
+    /// header map, so hyper could not send it.
+    pub fn encoded(data: Option<Bytes>, head: Arc<EncodedHead>, numbers: [u64; 2]) -> Body {
+        Body::Encoded {
+            data: data.filter(|d| !d.is_empty()),
+            head,
+            numbers,
+        }
+    }
+
+    /// The encoded head and its numbers, for a body made by [`Body::encoded`].
+    pub fn encoded_head(&self) -> Option<(&EncodedHead, &[u64; 2])> {
+        match self {
+            Body::Encoded { head, numbers, .. } => Some((head, numbers)),
+            _ => None,
+        }
+    }
 }
 
 impl HttpBody for Body {
@@ -65,7 +89,9 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Full { data } | BodyProj::Encoded { data, .. } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
             BodyProj::Upstream { body } => Pin::new(body).poll_frame(cx),
             BodyProj::Static { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::Spooled { body } => Pin::new(body).poll_frame(cx),
@@ -76,7 +102,7 @@ impl HttpBody for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Full { data } => data.is_none(),
+            Body::Full { data } | Body::Encoded { data, .. } => data.is_none(),
             Body::Upstream { body } => body.is_end_stream(),
             Body::Static { body } => body.is_end_stream(),
             Body::Spooled { body } => body.is_end_stream(),
@@ -87,7 +113,7 @@ impl HttpBody for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Full { data } => {
+            Body::Full { data } | Body::Encoded { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Body::Upstream { body } => body.size_hint(),
@@ -263,6 +289,13 @@ impl Logged {
     /// Wraps `inner`; `tail` writes the log line on drop.
     pub fn new(inner: Body, tail: LogTail) -> Logged {
         Logged { inner, tail }
+    }
+}
+
+impl Logged {
+    /// See [`Body::encoded_head`].
+    pub fn encoded_head(&self) -> Option<(&EncodedHead, &[u64; 2])> {
+        self.inner.encoded_head()
     }
 }
 

@@ -18,9 +18,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 
+use crate::body::Body;
 use crate::config::{CacheSettings, RouteCache};
 use crate::error::StartupError;
 use crate::headers::list_items;
+use crate::wire::EncodedHead;
 
 /// The longest a request waits for another one fetching the same key; then it goes
 /// upstream itself.
@@ -58,7 +60,13 @@ struct Simple {
     /// The headers a hit sends: the stored ones with an Age and a Cache-Status already in
     /// place, so a hit fills those in on a clone of this map instead of growing the clone.
     head: HeaderMap,
+    /// The same encoded, for usher's HTTP/1.1 path; a hit numbers its [`HIT_LINES`].
+    encoded: Option<Arc<EncodedHead>>,
 }
+
+/// The lines of an encoded hit's head that each hit numbers: its Age, and the seconds it
+/// stays fresh (`Cache-Status: usher; hit; ttl=N`, as [`status_value`] makes it).
+const HIT_LINES: &[&str] = &["age: ", "cache-status: usher; hit; ttl="];
 
 /// The cache shared by every caching route.
 pub struct Cache {
@@ -174,9 +182,12 @@ impl Cache {
         let store = moka::sync::Cache::builder()
             .max_capacity(settings.memory)
             .weigher(|k: &Arc<str>, e: &Arc<Entry>| {
-                // (an entry answered by the fast path keeps its headers twice)
+                // (an entry answered by the fast path keeps its headers twice, and encoded)
                 let copies = 1 + usize::from(e.simple.is_some());
-                let headers = (HEADER_ESTIMATE * copies).saturating_add(k.len());
+                let encoded = e.simple.as_ref().and_then(|s| s.encoded.as_ref());
+                let headers = (HEADER_ESTIMATE * copies)
+                    .saturating_add(encoded.map_or(0, |h| h.size()))
+                    .saturating_add(k.len());
                 u32::try_from(e.body.len().saturating_add(headers)).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
@@ -248,12 +259,14 @@ impl Cache {
     /// revalidation directive) for a request that brings no directives of its own (no
     /// Cache-Control, Pragma or Authorization): the result the full rules give, without
     /// evaluating them. `None` sends the request the full way.
+    /// With `encoded`, the answer may come with an encoded head (see [`Body::encoded`]).
     pub fn fresh_hit(
         &self,
         key: &str,
         method: &Method,
         req_headers: &HeaderMap,
-    ) -> Option<http::Response<Bytes>> {
+        encoded: bool,
+    ) -> Option<http::Response<Body>> {
         const DIRECTIVES: [HeaderName; 3] =
             [header::CACHE_CONTROL, header::PRAGMA, header::AUTHORIZATION];
         // one look at each name (standard names compare as numbers) instead of three lookups
@@ -268,6 +281,17 @@ impl Cache {
         let now = crate::clock::coarse_wall();
         let left = simple.fresh_until.duration_since(now).ok()?;
         let age = simple.age_at_store + now.duration_since(e.stored).unwrap_or_default();
+        self.count(HIT);
+        if let (true, Some(head)) = (encoded, &simple.encoded) {
+            // (a 304 for the client's own validator takes the path below)
+            if !client_validator_matches(req_headers, &e.headers) {
+                let data = (method != Method::HEAD).then(|| e.body.clone());
+                let numbers = [age.as_secs(), left.as_secs()];
+                let mut resp = http::Response::new(Body::encoded(data, head.clone(), numbers));
+                *resp.status_mut() = e.status;
+                return Some(resp);
+            }
+        }
         let mut headers = simple.head.clone();
         if let Some(v) = headers.get_mut(header::AGE) {
             *v = HeaderValue::from(age.as_secs());
@@ -276,9 +300,7 @@ impl Cache {
         if let (Some(v), Some(status)) = (headers.get_mut(CACHE_STATUS), status) {
             *v = status;
         }
-        let resp = e.build(headers, method, req_headers);
-        self.count(HIT);
-        Some(resp)
+        Some(e.build(headers, method, req_headers).map(Body::full))
     }
 
     /// Waits for the disk writes under way.
@@ -624,10 +646,12 @@ impl Entry {
             let mut head = e.headers.clone();
             head.insert(header::AGE, HeaderValue::from_static("0"));
             head.insert(CACHE_STATUS, HeaderValue::from_static(NAME));
+            let len = e.body.len() as u64;
             e.simple = Some(Simple {
                 fresh_until: stored + ttl,
                 age_at_store: e.policy.age(stored),
                 head,
+                encoded: EncodedHead::new(e.status, &e.headers, len, HIT_LINES).map(Arc::new),
             });
         }
         e

@@ -160,7 +160,10 @@ impl Proxy {
             .compression
             .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
             .flatten();
-        let resp = match self.try_handle::<H>(req, &conn, &mut tail).await {
+        // responses served many times over (cache hits, hot files) may come with their head
+        // encoded once, where usher's HTTP/1.1 path sends them as they are
+        let encoded = H::OWN_H1 && accept.is_none();
+        let resp = match self.try_handle::<H>(req, &conn, &mut tail, encoded).await {
             Ok(resp) => resp,
             Err(e) => {
                 match e.side() {
@@ -195,6 +198,7 @@ impl Proxy {
         req: Request<ClientBody>,
         conn: &Arc<ConnInfo>,
         tail: &mut LogTail,
+        encoded: bool,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. ACME HTTP-01 challenges: answered before any routing, redirect or proxying
         if !conn.tls {
@@ -257,7 +261,7 @@ impl Proxy {
         // 4. dispatch
         match &route.action {
             RouteAction::Static(files) => {
-                let due = match files.hot_hit(&req, tail.started()) {
+                let due = match files.hot_hit(&req, tail.started(), encoded) {
                     Ok(resp) => return Ok(resp),
                     Err(due) => due,
                 };
@@ -275,7 +279,7 @@ impl Proxy {
                 // Forwarded unchanged, unless the route strips its prefix from the normalised path.
                 let stripped = route.strip_prefix.then(|| rest_of_path(route, &path));
                 let uri = upstream_uri(req.uri(), stripped)?;
-                let key = match self.fresh_hit(route, &req, &uri, conn.tls) {
+                let key = match self.fresh_hit(route, &req, &uri, conn.tls, encoded) {
                     Ok(resp) => return Ok(resp),
                     Err(key) => key,
                 };
@@ -295,6 +299,7 @@ impl Proxy {
         req: &Request<ClientBody>,
         uri: &Uri,
         tls: bool,
+        encoded: bool,
     ) -> Result<Response<Body>, Option<Arc<str>>> {
         let (Some(rc), Some(cache)) = (&route.cache, &self.cache) else {
             return Err(None);
@@ -304,8 +309,8 @@ impl Proxy {
         }
         let key = Cache::key(rc, tls, key_host(req), uri, req.headers());
         if cache::applies(req.method()) {
-            if let Some(resp) = cache.fresh_hit(&key, req.method(), req.headers()) {
-                return Ok(resp.map(Body::full));
+            if let Some(resp) = cache.fresh_hit(&key, req.method(), req.headers(), encoded) {
+                return Ok(resp);
             }
         }
         Err(Some(key.into()))
@@ -334,9 +339,14 @@ fn key_host<B>(req: &Request<B>) -> &str {
     }
 }
 
-/// How a proxied request's forwarding (a 5.2 KiB future: the cache, the upstream pool, the
-/// send) is held while it runs.
+/// Where a request is served from, as the request path needs to know it: how a proxied
+/// request's forwarding (a 5.2 KiB future: the cache, the upstream pool, the send) is held
+/// while it runs, and whether the response may come with an encoded head.
 pub trait Hold {
+    /// Whether the response goes out through usher's own HTTP/1.1 writer (`server/h1.rs`),
+    /// which takes bodies with an encoded head ([`Body::encoded`]).
+    const OWN_H1: bool;
+
     fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send;
 }
 
@@ -352,12 +362,16 @@ pub struct InPlace;
 pub struct Boxed;
 
 impl Hold for InPlace {
+    const OWN_H1: bool = true;
+
     fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
         f
     }
 }
 
 impl Hold for Boxed {
+    const OWN_H1: bool = false;
+
     fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
         Box::pin(f)
     }

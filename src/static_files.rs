@@ -52,17 +52,19 @@ impl StaticFiles {
 
     /// The answer from memory to a request for a file held there and looked at recently
     /// enough, without taking the request; otherwise the entry held for it that is due for
-    /// a look, if any, to hand to [`StaticFiles::serve`]. `now`: the request's start.
+    /// a look, if any, to hand to [`StaticFiles::serve`]. `now`: the request's start;
+    /// `encoded`: the answer may come with an encoded head (see [`Body::encoded`]).
     pub fn hot_hit<B>(
         &self,
         req: &Request<B>,
         now: Instant,
+        encoded: bool,
     ) -> Result<Response<Body>, Option<Arc<hot::Hot>>> {
         if !hot::answerable(req) {
             return Err(None);
         }
         match self.hot.get(req.uri().path(), now) {
-            Some((entry, false)) => Ok(entry.respond(req)),
+            Some((entry, false)) => Ok(entry.respond(req, encoded)),
             Some((entry, true)) => Err(Some(entry)),
             None => Err(None),
         }
@@ -91,7 +93,7 @@ impl StaticFiles {
                     std::fs::metadata(&f).is_ok_and(|m| hot::Identity::of(&m) == entry.identity);
                 if f == entry.path && same {
                     self.hot.checked(&entry);
-                    return Ok(entry.respond(&req));
+                    return Ok(entry.respond(&req, false));
                 }
             }
             self.hot.forget(req.uri().path());
@@ -112,7 +114,7 @@ impl StaticFiles {
         if from_memory && !fell_back {
             // boxed: once per file (see below)
             if let Some(entry) = Box::pin(self.load_hot(req.uri().path(), &file)).await {
-                return Ok(entry.respond(&req));
+                return Ok(entry.respond(&req, false));
             }
         }
         // boxed: the file path's future is large, and every request's future would be

@@ -4,6 +4,8 @@
 use std::io::{self, IoSlice, Write as _};
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::StatusCode;
 use http_body::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -34,6 +36,109 @@ pub enum Kind {
     /// This many bytes.
     Length(u64),
     Chunked,
+}
+
+/// Appends a response's status line.
+pub fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        let reason = status.canonical_reason().unwrap_or("<none>");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The head of a response given many times over (a cached response, a hot static file),
+/// encoded once for usher's HTTP/1.1 path: a hit then writes it with one copy instead of
+/// cloning a header map and encoding it line by line. It leaves out what differs per answer:
+/// the framing (Content-Length, from the body's length), `connection: close`, a Date when the
+/// response has none, and the numbered lines (see [`EncodedHead::new`]).
+#[derive(Debug)]
+pub struct EncodedHead {
+    /// The status line and the header lines.
+    lines: Box<[u8]>,
+    /// The body's length: what Content-Length says, for HEAD too.
+    len: u64,
+    has_date: bool,
+    /// How each numbered line starts (`age: `); each answer gives the numbers.
+    numbered: &'static [&'static str],
+}
+
+impl EncodedHead {
+    /// The head of `status` and `headers` for a body of `len` bytes, without the headers in
+    /// `numbered`'s lines (their names are what precedes the first `:`), which each answer
+    /// writes with its own numbers. `None` for a response whose framing is not just a length
+    /// (1xx, 204, 304, Transfer-Encoding): those take the general path.
+    pub fn new(
+        status: StatusCode,
+        headers: &HeaderMap,
+        len: u64,
+        numbered: &'static [&'static str],
+    ) -> Option<EncodedHead> {
+        if status.is_informational()
+            || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            return None;
+        }
+        let own = |name: &HeaderName| {
+            numbered.iter().any(|line| {
+                line.split_once(':')
+                    .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+            })
+        };
+        let mut lines = Vec::with_capacity(256);
+        status_line(&mut lines, status);
+        for (name, value) in headers {
+            if matches!(*name, header::CONTENT_LENGTH | header::CONNECTION) || own(name) {
+                continue;
+            }
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        Some(EncodedHead {
+            lines: lines.into_boxed_slice(),
+            len,
+            has_date: headers.contains_key(header::DATE),
+            numbered,
+        })
+    }
+
+    /// Appends the lines, then the numbered lines with `numbers`, and the Content-Length:
+    /// everything but `connection: close`, a Date, and the blank line.
+    pub fn write(&self, out: &mut Vec<u8>, numbers: &[u64]) {
+        let mut digits = itoa::Buffer::new();
+        out.extend_from_slice(&self.lines);
+        for (start, n) in self.numbered.iter().zip(numbers) {
+            out.extend_from_slice(start.as_bytes());
+            out.extend_from_slice(digits.format(*n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(digits.format(self.len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the response has its own Date.
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Bytes it keeps.
+    pub fn size(&self) -> usize {
+        self.lines.len() + std::mem::size_of::<Self>()
+    }
 }
 
 /// Frames a body's data as it is written: a chunk-size line and CRLF around each piece of a
@@ -135,6 +240,30 @@ pub async fn write_two<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_head_leaves_framing_and_numbered_lines_to_each_answer() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        h.insert(header::AGE, "7".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.insert(header::ETAG, "\"x\"".parse().unwrap());
+        let head = EncodedHead::new(StatusCode::NOT_FOUND, &h, 5, &["age: "]).unwrap();
+        let mut out = Vec::new();
+        head.write(&mut out, &[3]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\netag: \"x\"\r\nage: 3\r\ncontent-length: 5\r\n"
+        );
+        assert!(!head.has_date());
+        for status in [101, 204, 304] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(EncodedHead::new(status, &h, 5, &[]).is_none(), "{status}");
+        }
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        assert!(EncodedHead::new(StatusCode::OK, &h, 5, &[]).is_none());
+    }
 
     #[test]
     fn a_content_length_is_digits_only() {

@@ -24,7 +24,9 @@ use super::conn::{drive, ClientIo, Watched};
 use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::InPlace;
-use crate::wire::{has_token, parse_length, write_two, Framer, Kind, GATHER};
+use crate::wire::{
+    has_token, parse_length, status_line, write_two, EncodedHead, Framer, Kind, GATHER,
+};
 
 /// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
 /// which allows `max_headers`. Browsers send about 15.
@@ -170,7 +172,11 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
         let (parts, body) = resp.into_parts();
         let mut body = pin!(body);
         out.clear();
-        let framing = match encode_head(&mut out, &parts, &body, is_head, close) {
+        let framing = match body.encoded_head() {
+            Some((head, numbers)) => Some(encode_prepared(&mut out, head, numbers, is_head, close)),
+            None => encode_head(&mut out, &parts, &body, is_head, close),
+        };
+        let framing = match framing {
             Some(f) => f,
             None => {
                 // (hyper answers 500 here; the response came from upstream: 502)
@@ -338,16 +344,7 @@ fn encode_head(
     if status.is_informational() {
         return None;
     }
-    if status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        let reason = status.canonical_reason().unwrap_or("<none>");
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    status_line(out, status);
     let no_length = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     let can_chunk = !is_head && !no_length;
     // None: nothing to send; Some(None): a length not known ahead
@@ -421,19 +418,41 @@ fn encode_head(
     if !can_chunk {
         kind = Kind::Length(0);
     }
-    if close && !said_close {
+    end_head(out, close && !said_close, !wrote_date);
+    Some(Framing {
+        close: close || said_close,
+        kind,
+    })
+}
+
+/// Writes a head encoded ahead ([`EncodedHead`]) into `out`, with `numbers` for its numbered
+/// lines: one copy instead of a header map's clone and encoding.
+fn encode_prepared(
+    out: &mut Vec<u8>,
+    head: &EncodedHead,
+    numbers: &[u64],
+    is_head: bool,
+    close: bool,
+) -> Framing {
+    head.write(out, numbers);
+    end_head(out, close, !head.has_date());
+    Framing {
+        close,
+        kind: Kind::Length(if is_head { 0 } else { head.body_len() }),
+    }
+}
+
+/// Ends a head: `connection: close` and a Date if asked, then the blank line.
+fn end_head(out: &mut Vec<u8>, close: bool, date: bool) {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !wrote_date {
+    if date {
         out.extend_from_slice(b"date: ");
         date::extend(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Some(Framing {
-        close: close || said_close,
-        kind,
-    })
 }
 
 /// Writes the body after the head in `out`, gathering small pieces, and everything gathered

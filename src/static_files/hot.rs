@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::body::Body;
+use crate::wire::EncodedHead;
 
 /// Largest file kept in memory. 1 MiB: a file that size costs nginx a sendfile; read from
 /// disk through `tokio::fs` it cost usher a copy more than nginx (measured: 1.2x nginx's
@@ -52,8 +53,10 @@ pub struct Hot {
     pub path: PathBuf,
     pub identity: Identity,
     body: Bytes,
-    /// Content-Type, Last-Modified, ETag, Accept-Ranges.
+    /// Content-Length, Content-Type, Last-Modified, ETag, Accept-Ranges.
     headers: HeaderMap,
+    /// The same, encoded for usher's HTTP/1.1 path.
+    encoded: Option<Arc<EncodedHead>>,
     etag: HeaderValue,
     /// Modification time in whole seconds (what Last-Modified says).
     mtime_secs: u64,
@@ -162,11 +165,13 @@ impl HotFiles {
         );
         headers.insert(header::ETAG, etag.clone());
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let encoded = EncodedHead::new(StatusCode::OK, &headers, identity.len, &[]).map(Arc::new);
         let hot = Arc::new(Hot {
             path,
             identity,
             body,
             headers,
+            encoded,
             etag,
             mtime_secs,
             checked_ms: AtomicU64::new(self.now_ms()),
@@ -192,8 +197,9 @@ pub fn answerable<B>(req: &Request<B>) -> bool {
 
 impl Hot {
     /// The response to `req`: 304 when the client's validator matches (If-None-Match, or
-    /// else If-Modified-Since), the file otherwise (without the body for HEAD).
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+    /// else If-Modified-Since), the file otherwise (without the body for HEAD); with its head
+    /// encoded when `encoded` allows (see [`Body::encoded`]).
+    pub fn respond<B>(&self, req: &Request<B>, encoded: bool) -> Response<Body> {
         let inm = req.headers().get(header::IF_NONE_MATCH);
         let not_modified = match inm {
             Some(v) => super::etag_listed(v, &self.etag),
@@ -214,11 +220,11 @@ impl Hot {
             }
             return resp;
         }
-        let body = if req.method() == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::full(self.body.clone())
-        };
+        let data = (req.method() != Method::HEAD).then(|| self.body.clone());
+        if let (true, Some(head)) = (encoded, &self.encoded) {
+            return Response::new(Body::encoded(data, head.clone(), [0; 2]));
+        }
+        let body = data.map_or_else(Body::empty, Body::full);
         let mut resp = Response::new(body);
         // (Content-Length is among them, for HEAD too)
         *resp.headers_mut() = self.headers.clone();

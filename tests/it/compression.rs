@@ -70,6 +70,14 @@ async fn static_files_are_compressed_but_not_tiny_ones() {
     let r = c.send(accepting("/files/tiny.txt", "gzip")).await;
     assert_eq!(r.header("content-encoding"), "");
     assert_eq!(r.text(), "tiny");
+    // held in memory by now, and still compressed for a client that accepts it
+    let r = c.get("app.test", "/files/page.html").await;
+    assert_eq!((r.header("content-encoding"), r.body.len()), ("", 6500));
+    let r = c.send(accepting("/files/page.html", "gzip")).await;
+    assert_eq!(r.header("content-encoding"), "gzip");
+    assert!(r.body.len() < 500);
+    assert_eq!(r.header("content-type"), "text/html");
+    assert!(r.header("etag").starts_with("W/"), "{:?}", r.headers);
 }
 
 /// `compression = false` (in `[server]`) turns it off.

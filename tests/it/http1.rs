@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{bounded, eventually, TestServer, Upstream};
+use crate::support::{bounded, eventually, Client, Proto, TestServer, Upstream};
 
 fn config(up: &Upstream) -> String {
     format!(
@@ -215,4 +215,84 @@ async fn a_client_that_leaves_a_quiet_stream_ends_it() {
         usher.access_log().contains("/stall")
     })
     .await;
+}
+
+/// Cache hits and hot files are written from a head encoded once, when the entry was made:
+/// the same headers as hyper sends from the header map (HTTP/2 here), with the hit's own Age
+/// and ttl, the body's length for HEAD too, and `connection: close` (then the close) when the
+/// client asks for it.
+#[tokio::test]
+async fn heads_encoded_ahead_say_what_the_header_map_says() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    std::fs::write(dir.path().join("www/a.txt"), "hello hot").unwrap();
+    let usher = TestServer::start_in(
+        dir.path(),
+        &format!(
+            "{}\n[[site]]\nnames = [\"app.test\"]\ntls = \"off\"\n[[site.route]]\npath = \"/files/\"\nstatic = \"www\"\nstrip_prefix = true\n[[site.route]]\npath = \"/\"\nproxy = [\"{}\"]\ncache = {{}}\n",
+            crate::support::server::SERVER_SECTION,
+            app.addr
+        ),
+    )
+    .await;
+    let mut h2 = Client::plain(usher.http, Proto::H2).await;
+    for path in ["/cache/max-age=60/e", "/files/a.txt"] {
+        // the first answer makes the entry
+        h2.get("app.test", path).await;
+        let by_map = h2.get("app.test", path).await;
+        assert_eq!(by_map.status, 200);
+        let mut s = TcpStream::connect(usher.http).await.unwrap();
+        let ask = |method: &str, last: &str| {
+            format!("{method} {path} HTTP/1.1\r\nhost: app.test\r\n{last}\r\n")
+        };
+        let asks = [
+            ask("GET", ""),
+            ask("HEAD", ""),
+            ask("GET", "connection: close\r\n"),
+        ];
+        s.write_all(asks.concat().as_bytes()).await.unwrap();
+        let got = read_responses(&mut s, &[false, true, false]).await;
+        let mut rest = Vec::new();
+        let n = bounded("the close", s.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{path}: closed after the last answer");
+        for (i, r) in got.iter().enumerate() {
+            let expect_body = if i == 1 { String::new() } else { by_map.text() };
+            assert_eq!((r.status, &r.body), (200, &expect_body), "{path} #{i}");
+            for (name, value) in &by_map.headers {
+                let (name, value) = (name.as_str(), value.to_str().unwrap());
+                let got = r.headers.get(name).map_or("(none)", String::as_str);
+                match name {
+                    // (may be a second apart)
+                    "date" => assert!(r.headers.contains_key(name), "{path} #{i}"),
+                    "age" => assert!(got.parse::<u64>().is_ok(), "{path} #{i}: {got}"),
+                    "cache-status" => assert!(got.starts_with("usher; hit; ttl="), "{got}"),
+                    _ => assert_eq!(got, value, "{path} #{i}: {name}"),
+                }
+            }
+            let mut extra: Vec<&str> = r
+                .headers
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !by_map.headers.contains_key(*k))
+                .collect();
+            extra.sort();
+            let expect: &[&str] = match (i, by_map.headers.contains_key("date")) {
+                (2, true) => &["connection"],
+                (2, false) => &["connection", "date"],
+                (_, true) => &[],
+                (_, false) => &["date"],
+            };
+            assert_eq!(extra, expect, "{path} #{i}");
+        }
+        assert_eq!(got[2].headers["connection"], "close");
+        assert_eq!(
+            got[1].headers["content-length"],
+            by_map.body.len().to_string()
+        );
+    }
+    // the cache answered all but the first request, from the app's one answer
+    assert_eq!(app.seen().len(), 1);
 }
