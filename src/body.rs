@@ -61,7 +61,7 @@ impl Body {
     }
 
     /// `data` (`None` for a HEAD) sent with `head`, the numbered lines filled in with
-    /// `numbers`. Only for usher's HTTP/1.1 path (see `proxy::Hold`): its response carries no
+    /// `numbers`. Only for usher's HTTP/1.1 path (see `proxy::Writer`): its response carries no
     /// header map, so hyper could not send it.
     pub fn encoded(data: Option<Bytes>, head: Arc<EncodedHead>, numbers: [u64; 2]) -> Body {
         Body::Encoded {

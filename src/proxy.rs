@@ -7,7 +7,6 @@
 //! 4. Dispatch on the route's action: static files, redirect, or `forward`.
 //! 5. `forward`: rewrite request headers -> `pool.send` -> rewrite response headers -> respond.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,11 +148,12 @@ impl Proxy {
     }
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
-    /// `H` says how the forwarding of a proxied request is held (see [`Hold`]).
-    pub async fn handle<H: Hold>(
+    /// `writer`: what will send the response (see [`Writer`]).
+    pub async fn handle(
         &self,
         req: Request<ClientBody>,
         conn: Arc<ConnInfo>,
+        writer: Writer,
     ) -> Response<Logged> {
         let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
         let accept = self
@@ -162,8 +162,8 @@ impl Proxy {
             .flatten();
         // responses served many times over (cache hits, hot files) may come with their head
         // encoded once, where usher's HTTP/1.1 path sends them as they are
-        let encoded = H::OWN_H1 && accept.is_none();
-        let resp = match self.try_handle::<H>(req, &conn, &mut tail, encoded).await {
+        let encoded = writer == Writer::OwnH1 && accept.is_none();
+        let resp = match self.try_handle(req, &conn, &mut tail, encoded).await {
             Ok(resp) => resp,
             Err(e) => {
                 match e.side() {
@@ -193,7 +193,7 @@ impl Proxy {
         resp.map(|b| Logged::new(b, tail))
     }
 
-    async fn try_handle<H: Hold>(
+    async fn try_handle(
         &self,
         req: Request<ClientBody>,
         conn: &Arc<ConnInfo>,
@@ -283,7 +283,7 @@ impl Proxy {
                     Ok(resp) => return Ok(resp),
                     Err(key) => key,
                 };
-                H::hold(forward(self, pool, route, req, uri, key, conn, tail)).await
+                forward(self, pool, route, req, uri, key, conn, tail).await
             }
         }
     }
@@ -339,42 +339,19 @@ fn key_host<B>(req: &Request<B>) -> &str {
     }
 }
 
-/// Where a request is served from, as the request path needs to know it: how a proxied
-/// request's forwarding (a 5.2 KiB future: the cache, the upstream pool, the send) is held
-/// while it runs, and whether the response may come with an encoded head.
-pub trait Hold {
-    /// Whether the response goes out through usher's own HTTP/1.1 writer (`server/h1.rs`),
-    /// which takes bodies with an encoded head ([`Body::encoded`]).
-    const OWN_H1: bool;
-
-    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send;
-}
-
-/// In place, in the request's own future: for usher's HTTP/1.1 path, whose session future is
-/// allocated once per session (requests that follow each other within 50 ms; a
-/// connection that pauses longer is parked and starts a new one), so a request in a running
-/// session pays no allocation for it.
-pub struct InPlace;
-
-/// In a box of its own: where hyper moves each request's future by value (its HTTP/2
-/// streams are spawned as tasks), so what moves stays small (about 2.5 KiB) and only a proxied
-/// request pays the allocation.
-pub struct Boxed;
-
-impl Hold for InPlace {
-    const OWN_H1: bool = true;
-
-    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
-        f
-    }
-}
-
-impl Hold for Boxed {
-    const OWN_H1: bool = false;
-
-    fn hold<F: Future + Send>(f: F) -> impl Future<Output = F::Output> + Send {
-        Box::pin(f)
-    }
+/// What sends a response: usher's own HTTP/1.1 writer (`server/h1.rs`), which takes bodies
+/// with an encoded head ([`Body::encoded`]), or hyper (HTTP/2, and HTTP/1.1 requests the
+/// fast path leaves to it).
+///
+/// Either way a request's future holds its forwarding (a 5.2 KiB future: the cache, the
+/// upstream pool, the send) in place. usher's HTTP/1.1 path keeps that future in the
+/// session's, allocated once per session; hyper's service boxes it once per request
+/// (`server/conn.rs`), since hyper moves each request's future by value and spawns each
+/// HTTP/2 stream as a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    OwnH1,
+    Hyper,
 }
 
 /// Step 5, forward to the route's pool (`uri` is the target to send, and `key` the cache key

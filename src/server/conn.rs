@@ -31,7 +31,7 @@ use super::h1::{self, Ended};
 use super::{CapSlot, ConnCaps, ConnInfo, ConnSettings, Live, Shared, Watch, WatchLimits};
 use crate::acme::ACME_TLS_ALPN;
 use crate::body::{ClientBody, Logged};
-use crate::proxy::Boxed;
+use crate::proxy::Writer;
 
 /// How long an HTTP/1.1 connection sits idle before it is parked: long enough that a client
 /// sending request after request keeps its session, short enough that thousands of idle
@@ -204,7 +204,9 @@ fn service(
        + Unpin
        + 'static {
     let (shared, info) = (shared.clone(), info.clone());
-    service_fn(move |req| respond(shared.live.load_full(), info.clone(), req))
+    // boxed: hyper moves a request's future by value, and spawns each HTTP/2 stream's as a
+    // task; a box of its own is one copy of it, where in place it was copied at each move
+    service_fn(move |req| Box::pin(respond(shared.live.load_full(), info.clone(), req)))
 }
 
 /// Answers a request on the config current when it starts.
@@ -215,7 +217,7 @@ async fn respond(
 ) -> Result<Response<Logged>, std::convert::Infallible> {
     Ok(live
         .proxy
-        .handle::<Boxed>(req.map(ClientBody::Hyper), info)
+        .handle(req.map(ClientBody::Hyper), info, Writer::Hyper)
         .await)
 }
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::conn::{drive, ClientIo, Watched};
 use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
-use crate::proxy::InPlace;
+use crate::proxy::Writer;
 use crate::wire::{
     has_token, parse_length, status_line, write_two, EncodedHead, Framer, Kind, GATHER,
 };
@@ -151,7 +151,7 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
         let is_head = req.method() == Method::HEAD;
         let live = shared.live.load_full();
         let resp = {
-            let mut handling = pin!(live.proxy.handle::<InPlace>(req, info.clone()));
+            let mut handling = pin!(live.proxy.handle(req, info.clone(), Writer::OwnH1));
             poll_fn(|cx| {
                 if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(resp));
