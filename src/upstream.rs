@@ -218,7 +218,9 @@ const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 /// How long the app keeps an idle connection open, from its `Keep-Alive: timeout=N`
 /// (uvicorn and gunicorn send it), less a margin: usher drops the connection first.
 fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("keep-alive")?.to_str().ok()?;
+    // (a name, not a string: a string key is parsed into a name on every lookup)
+    const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    let v = headers.get(&KEEP_ALIVE)?.to_str().ok()?;
     let secs: u64 = v
         .split(',')
         .find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse().ok())?;
