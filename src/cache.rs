@@ -847,3 +847,67 @@ fn status_value(before: &str, ttl: Option<u64>, after: &str) -> Option<HeaderVal
     // (a vector filled to its capacity becomes Bytes without another allocation)
     HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache holding one fresh entry (an hour, with an ETag) for GET `/a`, stored through
+    /// the real path: a miss, then the app's response.
+    async fn one_entry() -> (Arc<Cache>, Arc<str>) {
+        let settings = CacheSettings {
+            memory: 1 << 20,
+            max_entry: 1 << 20,
+            disk: None,
+        };
+        let cache = Cache::new(&settings).unwrap();
+        let route = RouteCache::default();
+        let parts = http::Request::get("/a").body(()).unwrap().into_parts().0;
+        let key: Arc<str> = Cache::key(&route, false, "h", &parts.uri, &parts.headers).into();
+        let Lookup::Miss(pending) = cache.lookup(key.clone(), &parts, &route).await else {
+            panic!("a miss first")
+        };
+        let head = http::Response::builder()
+            .header("cache-control", "max-age=3600")
+            .header("etag", "\"v1\"")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let After::Store(policy) = cache.after(&pending, &head) else {
+            panic!("storable")
+        };
+        cache.store(&pending, *policy, &head, Bytes::from_static(b"hello"));
+        (cache, key)
+    }
+
+    #[tokio::test]
+    async fn a_fresh_hit_comes_encoded_only_where_asked_and_never_as_a_304() {
+        let (cache, key) = one_entry().await;
+        let none = HeaderMap::new();
+        let hit = cache.fresh_hit(&key, &Method::GET, &none, true).unwrap();
+        let (head, numbers) = hit.body().encoded_head().expect("an encoded head");
+        assert!(hit.headers().is_empty());
+        assert_eq!((hit.status(), head.body_len()), (StatusCode::OK, 5));
+        assert!(
+            numbers[0] <= 1 && (3599..=3600).contains(&numbers[1]),
+            "{numbers:?}"
+        );
+        let head_req = cache.fresh_hit(&key, &Method::HEAD, &none, true).unwrap();
+        assert!(head_req.body().encoded_head().is_some());
+        assert!(http_body::Body::is_end_stream(head_req.body()));
+        // not asked: the header map
+        let plain = cache.fresh_hit(&key, &Method::GET, &none, false).unwrap();
+        assert!(plain.body().encoded_head().is_none());
+        assert!(plain.headers()[CACHE_STATUS]
+            .to_str()
+            .unwrap()
+            .starts_with("usher; hit"));
+        // the client's own validator: a 304 from the header map
+        let mut inm = HeaderMap::new();
+        inm.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v1\""));
+        let not_modified = cache.fresh_hit(&key, &Method::GET, &inm, true).unwrap();
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        assert!(not_modified.body().encoded_head().is_none());
+    }
+}

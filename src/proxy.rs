@@ -178,6 +178,11 @@ impl Proxy {
                 error_response(&e)
             }
         };
+        // (its header map is empty: only usher's HTTP/1.1 writer can send it, uncompressed)
+        debug_assert!(
+            encoded || resp.body().encoded_head().is_none(),
+            "an encoded head where it cannot be sent"
+        );
         tail.set_status(resp.status());
         if tail.metrics.is_none() {
             tail.metrics = Some(self.routes.unrouted.clone());
@@ -185,7 +190,7 @@ impl Proxy {
         // compressed after the cache and the buffers: they keep the identity body
         let resp = match accept {
             Some(a) if crate::compress::worth_a_look(&resp) => {
-                // boxed: rare enough, and large (hyper moves a request's future by value)
+                // boxed: rare enough, and large (every request's future would be; see `Writer`)
                 Box::pin(crate::compress::compress(&a, resp)).await
             }
             _ => resp,
@@ -267,8 +272,7 @@ impl Proxy {
                 };
                 let rel = rest_of_path(route, &path).to_owned();
                 // boxed: the path to disk is the rarer one, and its future (824 bytes) in
-                // place made every request's future larger (HTTP/2 moves each by value into
-                // a task)
+                // place made every request's future larger (see `Writer`)
                 Box::pin(files.serve(req, &rel, due)).await
             }
             RouteAction::Redirect { status, to } => {
@@ -347,7 +351,9 @@ fn key_host<B>(req: &Request<B>) -> &str {
 /// upstream pool, the send) in place. usher's HTTP/1.1 path keeps that future in the
 /// session's, allocated once per session; hyper's service boxes it once per request
 /// (`server/conn.rs`), since hyper moves each request's future by value and spawns each
-/// HTTP/2 stream as a task.
+/// HTTP/2 stream as a task. The rarer paths of a request (a file from disk, compression,
+/// an upgrade, a request body to buffer) box their own large futures, so that every
+/// request's future is not as large as theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writer {
     OwnH1,
@@ -402,7 +408,7 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
         let req = Request::from_parts(parts, ReqBody::Client(body));
-        // boxed: rare, and its future is large (hyper moves a request's future by value)
+        // boxed: rare, and its future is large (every request's would be; see `Writer`)
         let (mut resp, upstream_conn, upstream) = Box::pin(pool.upgrade(req, conn.peer.ip()))
             .await
             .map_err(noted(tail))?;
@@ -666,7 +672,7 @@ async fn request_body(
         return Ok(ReqBody::Client(body));
     }
     let spooled =
-        // boxed: only requests with a body pay for its large future (hyper moves a request's future by value)
+        // boxed: only requests with a body pay for its large future (see `Writer`)
         Box::pin(buffer::read_request(
             body,
             policy.max_body_size,

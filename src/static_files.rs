@@ -118,7 +118,7 @@ impl StaticFiles {
             }
         }
         // boxed: the file path's future is large, and every request's future would be
-        // that large with it inline (hyper moves a request's future by value)
+        // that large with it inline (see `proxy::Writer`)
         Box::pin(self.serve_file(req, &file)).await
     }
 

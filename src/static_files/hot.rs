@@ -79,10 +79,12 @@ impl std::fmt::Debug for HotFiles {
     }
 }
 
-/// Bytes counted for an entry: its body, its key, and an estimate for the rest.
+/// Bytes counted for an entry: its body, its key, its encoded head, and an estimate for the
+/// rest.
 #[allow(clippy::borrowed_box)] // the signature moka asks of a weigher for Box<str> keys
 fn weigh(k: &Box<str>, h: &Arc<Hot>) -> u32 {
-    u32::try_from(h.body.len() + k.len() + 256).unwrap_or(u32::MAX)
+    let encoded = h.encoded.as_ref().map_or(0, |e| e.size());
+    u32::try_from(h.body.len() + k.len() + encoded + 256).unwrap_or(u32::MAX)
 }
 
 impl HotFiles {

@@ -459,3 +459,30 @@ async fn a_stripping_route_caches_by_the_forwarded_target() {
     assert!(other.header("cache-status").contains("fwd=miss"));
     assert_eq!(app.seen()[1].uri, "/cache/max-age=60/a?x=1");
 }
+
+/// A hit for a client that accepts compression is compressed and keeps the entry's headers:
+/// the head encoded for usher's HTTP/1.1 path (see `tests/it/http1.rs`) is not for it.
+#[tokio::test]
+async fn a_hit_is_compressed_for_a_client_that_accepts_it() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let path = "/cache/max-age=60/big";
+    assert_eq!(c.get("app.test", path).await.body.len(), 300_000);
+    let plain = c.get("app.test", path).await;
+    assert_eq!(
+        (plain.header("content-encoding"), plain.body.len()),
+        ("", 300_000)
+    );
+    let r = c.send(with_header(path, "accept-encoding", "gzip")).await;
+    assert_eq!(r.header("content-encoding"), "gzip");
+    assert!(r.body.len() < 10_000, "{} bytes", r.body.len());
+    assert_eq!(r.header("cache-control"), "max-age=60");
+    assert!(
+        r.header("cache-status").starts_with("usher; hit"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.headers.contains_key("age") && r.headers.contains_key("etag"));
+    assert_eq!(app.seen().len(), 1);
+}

@@ -6,7 +6,8 @@
 //! - `/hop`: a response carrying hop-by-hop headers that must not reach the client;
 //! - `/trailers`: a body followed by gRPC-style trailers (`grpc-status: 0`);
 //! - `/cache/DIRECTIVES/...`: a response with `Cache-Control: DIRECTIVES` and an ETag (304 to
-//!   a matching If-None-Match); with `vary` in the path, `Vary: Accept-Language`;
+//!   a matching If-None-Match); with `vary` in the path, `Vary: Accept-Language`; with `aged`,
+//!   its own `Age: 7` and `Cache-Status`; with `big`, a 300,000-byte body;
 //! - anything else: 200 `NAME PATH`.
 
 use std::convert::Infallible;
@@ -379,6 +380,9 @@ async fn answer(
             }
             if p.contains("cookie") {
                 b = b.header("set-cookie", "session=secret");
+            }
+            if p.contains("aged") {
+                b = b.header("age", "7").header("cache-status", "origin; hit");
             }
             if p.contains("big") {
                 return b.body(full("b".repeat(300_000))).unwrap();
