@@ -7,6 +7,7 @@
 //! 4. Dispatch on the route's action: static files, redirect, or `forward`.
 //! 5. `forward`: rewrite request headers -> `pool.send` -> rewrite response headers -> respond.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,145 +150,156 @@ impl Proxy {
 
     /// Answers one request; every outcome, error or not, is a response and one log line.
     /// `writer`: what will send the response (see [`Writer`]).
-    pub async fn handle(
+    // (not an async fn: an async block uses `req` in place, where an async fn's body copies
+    // it into a local and holds both)
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle(
         &self,
         req: Request<ClientBody>,
         conn: Arc<ConnInfo>,
         writer: Writer,
-    ) -> Response<Logged> {
-        let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
-        let accept = self
-            .compression
-            .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
-            .flatten();
-        // responses served many times over (cache hits, hot files) may come with their head
-        // encoded once, where usher's HTTP/1.1 path sends them as they are
-        let encoded = writer == Writer::OwnH1 && accept.is_none();
-        let resp = match self.try_handle(req, &conn, &mut tail, encoded).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                match e.side() {
-                    Side::Client => {
-                        tracing::debug!(peer = %conn.peer, error = %e, "request refused")
+    ) -> impl Future<Output = Response<Logged>> + Send + '_ {
+        async move {
+            let mut tail = LogTail::new(self.log.clone(), conn.clone(), Instant::now(), &req);
+            let accept = self
+                .compression
+                .then(|| req.headers().get(header::ACCEPT_ENCODING).cloned())
+                .flatten();
+            // responses served many times over (cache hits, hot files) may come with their head
+            // encoded once, where usher's HTTP/1.1 path sends them as they are
+            let encoded = writer == Writer::OwnH1 && accept.is_none();
+            let resp = match self.try_handle(req, &conn, &mut tail, encoded).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    match e.side() {
+                        Side::Client => {
+                            tracing::debug!(peer = %conn.peer, error = %e, "request refused")
+                        }
+                        Side::Upstream => {
+                            tracing::error!(peer = %conn.peer, error = %e, "upstream failed")
+                        }
+                        Side::Usher => {
+                            tracing::error!(peer = %conn.peer, error = %e, "request failed")
+                        }
                     }
-                    Side::Upstream => {
-                        tracing::error!(peer = %conn.peer, error = %e, "upstream failed")
-                    }
-                    Side::Usher => tracing::error!(peer = %conn.peer, error = %e, "request failed"),
+                    error_response(&e)
                 }
-                error_response(&e)
+            };
+            // (its header map is empty: only usher's HTTP/1.1 writer can send it, uncompressed)
+            debug_assert!(
+                encoded || resp.body().encoded_head().is_none(),
+                "an encoded head where it cannot be sent"
+            );
+            tail.set_status(resp.status());
+            if tail.metrics.is_none() {
+                tail.metrics = Some(self.routes.unrouted.clone());
             }
-        };
-        // (its header map is empty: only usher's HTTP/1.1 writer can send it, uncompressed)
-        debug_assert!(
-            encoded || resp.body().encoded_head().is_none(),
-            "an encoded head where it cannot be sent"
-        );
-        tail.set_status(resp.status());
-        if tail.metrics.is_none() {
-            tail.metrics = Some(self.routes.unrouted.clone());
+            // compressed after the cache and the buffers: they keep the identity body
+            let resp = match accept {
+                Some(a) if crate::compress::worth_a_look(&resp) => {
+                    // boxed: rare enough, and large (every request's future would be; see `Writer`)
+                    Box::pin(crate::compress::compress(&a, resp)).await
+                }
+                _ => resp,
+            };
+            resp.map(|b| Logged::new(b, tail))
         }
-        // compressed after the cache and the buffers: they keep the identity body
-        let resp = match accept {
-            Some(a) if crate::compress::worth_a_look(&resp) => {
-                // boxed: rare enough, and large (every request's future would be; see `Writer`)
-                Box::pin(crate::compress::compress(&a, resp)).await
-            }
-            _ => resp,
-        };
-        resp.map(|b| Logged::new(b, tail))
     }
 
-    async fn try_handle(
-        &self,
+    // (not an async fn: see `handle`)
+    #[allow(clippy::manual_async_fn)]
+    fn try_handle<'a>(
+        &'a self,
         req: Request<ClientBody>,
-        conn: &Arc<ConnInfo>,
-        tail: &mut LogTail,
+        conn: &'a Arc<ConnInfo>,
+        tail: &'a mut LogTail,
         encoded: bool,
-    ) -> Result<Response<Body>, ProxyError> {
-        // 1. ACME HTTP-01 challenges: answered before any routing, redirect or proxying
-        if !conn.tls {
-            if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
-                let answer = self
-                    .challenges
-                    .http_answer(token)
-                    .ok_or(ProxyError::NotFound)?;
-                let mut resp = Response::new(Body::full(answer));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                return Ok(resp);
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+        async move {
+            // 1. ACME HTTP-01 challenges: answered before any routing, redirect or proxying
+            if !conn.tls {
+                if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                    let answer = self
+                        .challenges
+                        .http_answer(token)
+                        .ok_or(ProxyError::NotFound)?;
+                    let mut resp = Response::new(Body::full(answer));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    return Ok(resp);
+                }
             }
-        }
-        if req.method().as_str() == "PURGE" {
-            // cache purges belong on the admin listener only
-            return Err(ProxyError::MethodNotAllowed(
-                "PURGE is for the admin listener",
-            ));
-        }
-        if let Some(rate) = &self.rate {
-            rate.check(conn.peer.ip())
-                .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
-        }
-        // 2. site and route
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-        if target_len > self.max_uri_length {
-            return Err(ProxyError::UriTooLong {
-                limit: self.max_uri_length,
-            });
-        }
-        let routes = &self.routes;
-        let host = request_host(&req)?;
-        let site_id = routes
-            .site_for(host)
-            .ok_or_else(|| ProxyError::UnknownHost {
-                host: host.to_owned(),
-                tls: conn.tls,
-            })?;
-        if let Some(sni) = &conn.sni {
-            if routes.site_for(sni) != Some(site_id) {
-                return Err(ProxyError::Misdirected {
-                    host: host.to_owned(),
-                    sni: sni.to_string(),
+            if req.method().as_str() == "PURGE" {
+                // cache purges belong on the admin listener only
+                return Err(ProxyError::MethodNotAllowed(
+                    "PURGE is for the admin listener",
+                ));
+            }
+            if let Some(rate) = &self.rate {
+                rate.check(conn.peer.ip())
+                    .map_err(|retry_after| ProxyError::RateLimited { retry_after })?;
+            }
+            // 2. site and route
+            let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+            if target_len > self.max_uri_length {
+                return Err(ProxyError::UriTooLong {
+                    limit: self.max_uri_length,
                 });
             }
-        }
-        let site = routes.site(site_id);
-        // 3. plain HTTP on a TLS site
-        if site.redirect_http && !conn.tls {
-            return Ok(self.https_redirect(host, req.uri()));
-        }
-        // Routes match the normalised path, so `//admin` or `/%61dmin` cannot slip past a
-        // more specific `/admin/` route into a broader one.
-        let path = normalize_path(req.uri().path())?;
-        let route = site.route_for(&path).ok_or(ProxyError::NoRoute)?;
-        tail.metrics = Some(route.metrics.clone());
-        // 4. dispatch
-        match &route.action {
-            RouteAction::Static(files) => {
-                let due = match files.hot_hit(&req, tail.started(), encoded) {
-                    Ok(resp) => return Ok(resp),
-                    Err(due) => due,
-                };
-                let rel = rest_of_path(route, &path).to_owned();
-                // boxed: the path to disk is the rarer one, and its future (824 bytes) in
-                // place made every request's future larger (see `Writer`)
-                Box::pin(files.serve(req, &rel, due)).await
+            let routes = &self.routes;
+            let host = request_host(&req)?;
+            let site_id = routes
+                .site_for(host)
+                .ok_or_else(|| ProxyError::UnknownHost {
+                    host: host.to_owned(),
+                    tls: conn.tls,
+                })?;
+            if let Some(sni) = &conn.sni {
+                if routes.site_for(sni) != Some(site_id) {
+                    return Err(ProxyError::Misdirected {
+                        host: host.to_owned(),
+                        sni: sni.to_string(),
+                    });
+                }
             }
-            RouteAction::Redirect { status, to } => {
-                let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-                Ok(redirect(*status, &to.replace("{uri}", uri)))
+            let site = routes.site(site_id);
+            // 3. plain HTTP on a TLS site
+            if site.redirect_http && !conn.tls {
+                return Ok(self.https_redirect(host, req.uri()));
             }
-            RouteAction::Proxy(pool) => {
-                // Forwarded unchanged, unless the route strips its prefix from the normalised path.
-                let stripped = route.strip_prefix.then(|| rest_of_path(route, &path));
-                let uri = upstream_uri(req.uri(), stripped)?;
-                let key = match self.fresh_hit(route, &req, &uri, conn.tls, encoded) {
-                    Ok(resp) => return Ok(resp),
-                    Err(key) => key,
-                };
-                forward(self, pool, route, req, uri, key, conn, tail).await
+            // Routes match the normalised path, so `//admin` or `/%61dmin` cannot slip past a
+            // more specific `/admin/` route into a broader one.
+            let path = normalize_path(req.uri().path())?;
+            let route = site.route_for(&path).ok_or(ProxyError::NoRoute)?;
+            tail.metrics = Some(route.metrics.clone());
+            // 4. dispatch
+            match &route.action {
+                RouteAction::Static(files) => {
+                    let due = match files.hot_hit(&req, tail.started(), encoded) {
+                        Ok(resp) => return Ok(resp),
+                        Err(due) => due,
+                    };
+                    let rel = rest_of_path(route, &path).to_owned();
+                    // boxed: the path to disk is the rarer one, and its future (824 bytes) in
+                    // place made every request's future larger (see `Writer`)
+                    Box::pin(files.serve(req, &rel, due)).await
+                }
+                RouteAction::Redirect { status, to } => {
+                    let uri = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+                    Ok(redirect(*status, &to.replace("{uri}", uri)))
+                }
+                RouteAction::Proxy(pool) => {
+                    // Forwarded unchanged, unless the route strips its prefix from the normalised path.
+                    let stripped = route.strip_prefix.then(|| rest_of_path(route, &path));
+                    let uri = upstream_uri(req.uri(), stripped)?;
+                    let key = match self.fresh_hit(route, &req, &uri, conn.tls, encoded) {
+                        Ok(resp) => return Ok(resp),
+                        Err(key) => key,
+                    };
+                    forward(self, pool, route, req, uri, key, conn, tail).await
+                }
             }
         }
     }
@@ -347,7 +359,7 @@ fn key_host<B>(req: &Request<B>) -> &str {
 /// with an encoded head ([`Body::encoded`]), or hyper (HTTP/2, and HTTP/1.1 requests the
 /// fast path leaves to it).
 ///
-/// Either way a request's future holds its forwarding (a 5.2 KiB future: the cache, the
+/// Either way a request's future holds its forwarding (a 4.6 KiB future: the cache, the
 /// upstream pool, the send) in place. usher's HTTP/1.1 path keeps that future in the
 /// session's, allocated once per session; hyper's service boxes it once per request
 /// (`server/conn.rs`), since hyper moves each request's future by value and spawns each
@@ -363,247 +375,252 @@ pub enum Writer {
 /// Step 5, forward to the route's pool (`uri` is the target to send, and `key` the cache key
 /// when [`Proxy::fresh_hit`] took it): buffer the request body, rewrite headers,
 /// `pool.send`, buffer the response, rewrite headers, respond.
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    proxy: &Proxy,
-    pool: &Arc<Pool>,
-    route: &RouteEntry,
+// Not an async fn: an async block uses its arguments in place, where an async fn's body
+// copies them into locals (the request, 264 bytes, would be copied and held twice).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn forward<'a>(
+    proxy: &'a Proxy,
+    pool: &'a Arc<Pool>,
+    route: &'a RouteEntry,
     mut req: Request<ClientBody>,
     uri: Uri,
     key: Option<Arc<str>>,
-    conn: &Arc<ConnInfo>,
-    tail: &mut LogTail,
-) -> Result<Response<Body>, ProxyError> {
-    let tunnel_idle = proxy.tunnel_idle;
-    let policy = route.body;
-    // An Upgrade request (WebSocket and the like, HTTP/1.1 only) keeps its upgrade headers
-    // and, once the app answers 101, becomes a tunnel between the two connections.
-    let upgrade = upgrade_protocol(&req);
-    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    // The host the request was routed by: :authority on HTTP/2 and absolute-form targets
-    // (request_host made sure a Host header agrees or is ignored), else Host as the client sent it.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
-    parts.uri = uri;
-    // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
-    // it is passed on only to an HTTP/2 upstream, where it is the one TE value allowed.
-    let te_trailers = pool.speaks_h2() && te_trailers(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if te_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
-    if let Some(h) = &host {
-        parts.headers.insert(header::HOST, h.clone());
-    }
-    parts.version = Version::HTTP_11;
-    if let (Some(protocol), Some(client_side)) = (upgrade, client_side) {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
-        let req = Request::from_parts(parts, ReqBody::Client(body));
-        // boxed: rare, and its future is large (every request's would be; see `Writer`)
-        let (mut resp, upstream_conn, upstream) = Box::pin(pool.upgrade(req, conn.peer.ip()))
-            .await
-            .map_err(noted(tail))?;
-        tail.upstream = Some(upstream);
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            let (mut parts, _) = resp.into_parts();
-            let protocol = parts.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut parts.headers);
+    conn: &'a Arc<ConnInfo>,
+    tail: &'a mut LogTail,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+    async move {
+        let tunnel_idle = proxy.tunnel_idle;
+        let policy = route.body;
+        // An Upgrade request (WebSocket and the like, HTTP/1.1 only) keeps its upgrade headers
+        // and, once the app answers 101, becomes a tunnel between the two connections.
+        let upgrade = upgrade_protocol(&req);
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        // The host the request was routed by: :authority on HTTP/2 and absolute-form targets
+        // (request_host made sure a Host header agrees or is ignored), else Host as the client sent it.
+        let host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
+        };
+        parts.uri = uri;
+        // gRPC clients send `TE: trailers` and gRPC servers insist on it; it is hop-by-hop, so
+        // it is passed on only to an HTTP/2 upstream, where it is the one TE value allowed.
+        let te_trailers = pool.speaks_h2() && te_trailers(&parts.headers);
+        strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
+        if let Some(h) = &host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+        parts.version = Version::HTTP_11;
+        if let (Some(protocol), Some(client_side)) = (upgrade, client_side) {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = protocol {
-                parts.headers.insert(header::UPGRADE, p);
-            }
-            tokio::spawn(tunnel(
-                client_side,
-                upstream_side,
-                upstream_conn,
-                tunnel_idle,
-                conn.clone(),
-            ));
-            return Ok(Response::from_parts(parts, Body::empty()));
-        }
-        // the app declined the upgrade: an ordinary response
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(
-            parts,
-            Body::Upstream {
-                body: Box::new(UpstreamBody::new(
-                    RespBody::Hyper(body),
+            parts.headers.insert(header::UPGRADE, protocol);
+            let req = Request::from_parts(parts, ReqBody::Client(body));
+            // boxed: rare, and its future is large (every request's would be; see `Writer`)
+            let (mut resp, upstream_conn, upstream) = Box::pin(pool.upgrade(req, conn.peer.ip()))
+                .await
+                .map_err(noted(tail))?;
+            tail.upstream = Some(upstream);
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                let (mut parts, _) = resp.into_parts();
+                let protocol = parts.headers.get(header::UPGRADE).cloned();
+                strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(p) = protocol {
+                    parts.headers.insert(header::UPGRADE, p);
+                }
+                tokio::spawn(tunnel(
+                    client_side,
+                    upstream_side,
                     upstream_conn,
-                    pool.read_timeout(),
-                    None,
-                )),
-            },
-        ));
-    }
-    // The cache: a fresh entry answers here; a miss goes upstream (with validators when a
-    // stale entry can be revalidated) and may be stored below.
-    let mut pending = None;
-    let mut invalidate = None;
-    if let (Some(rc), Some(cache)) = (&route.cache, &proxy.cache) {
-        // (with key headers, the key reads the headers as rewritten for the app)
-        let key = match key {
-            Some(k) => k,
-            None => {
-                let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-                Cache::key(rc, conn.tls, host, &parts.uri, &parts.headers).into()
+                    tunnel_idle,
+                    conn.clone(),
+                ));
+                return Ok(Response::from_parts(parts, Body::empty()));
+            }
+            // the app declined the upgrade: an ordinary response
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(
+                parts,
+                Body::Upstream {
+                    body: Box::new(UpstreamBody::new(
+                        RespBody::Hyper(body),
+                        upstream_conn,
+                        pool.read_timeout(),
+                        None,
+                    )),
+                },
+            ));
+        }
+        // The cache: a fresh entry answers here; a miss goes upstream (with validators when a
+        // stale entry can be revalidated) and may be stored below.
+        let mut pending = None;
+        let mut invalidate = None;
+        if let (Some(rc), Some(cache)) = (&route.cache, &proxy.cache) {
+            // (with key headers, the key reads the headers as rewritten for the app)
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                    Cache::key(rc, conn.tls, host, &parts.uri, &parts.headers).into()
+                }
+            };
+            if cache::applies(&parts.method) {
+                match cache.lookup(key, &parts, rc).await {
+                    Lookup::Hit(resp) => return Ok(resp.map(Body::full)),
+                    Lookup::Stale(resp, refresh) => {
+                        if let Some(p) = refresh {
+                            tokio::spawn(refresh_entry(
+                                pool.clone(),
+                                cache.clone(),
+                                p,
+                                parts,
+                                conn.peer.ip(),
+                            ));
+                        }
+                        return Ok(resp.map(Body::full));
+                    }
+                    Lookup::Miss(p) => {
+                        // the cache fetches whole responses: the client's own conditionals
+                        // are answered from what comes back
+                        parts.headers.remove(header::IF_NONE_MATCH);
+                        parts.headers.remove(header::IF_MODIFIED_SINCE);
+                        parts.headers.extend(p.revalidate.clone());
+                        pending = Some(p);
+                    }
+                }
+            } else if cache::invalidates(&parts.method) {
+                invalidate = Some(key);
+            }
+        }
+        let body = request_body(proxy, policy, &mut parts, body).await?;
+        let sent = match pool
+            .send(Request::from_parts(parts, body), conn.peer.ip())
+            .await
+        {
+            Ok(sent) => sent,
+            Err((e, upstream)) => {
+                tail.upstream = Some(upstream);
+                let stale = pending
+                    .as_ref()
+                    .zip(route.cache.as_ref())
+                    .zip(proxy.cache.as_ref())
+                    .and_then(|((p, rc), c)| c.stale_on_error(p, rc));
+                return match stale {
+                    Some(resp) => {
+                        tracing::warn!(error = %e, "upstream failed; serving a stale cached response");
+                        Ok(resp.map(Body::full))
+                    }
+                    None => Err(e),
+                };
             }
         };
-        if cache::applies(&parts.method) {
-            match cache.lookup(key, &parts, rc).await {
-                Lookup::Hit(resp) => return Ok(resp.map(Body::full)),
-                Lookup::Stale(resp, refresh) => {
-                    if let Some(p) = refresh {
-                        tokio::spawn(refresh_entry(
-                            pool.clone(),
-                            cache.clone(),
-                            p,
-                            parts,
-                            conn.peer.ip(),
-                        ));
-                    }
+        tail.upstream = Some(sent.upstream);
+        let (mut parts, body) = sent.response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let (Some(key), Some(cache)) = (invalidate, &proxy.cache) {
+            if parts.status.is_success() || parts.status.is_redirection() {
+                let key_headers = route
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| !c.key_headers.is_empty());
+                cache.invalidate(&key, key_headers);
+            }
+        }
+        let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
+            .already_read(sent.read);
+        if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
+            if parts.status.is_server_error() {
+                if let Some(resp) = cache.stale_on_error(p, rc) {
                     return Ok(resp.map(Body::full));
                 }
-                Lookup::Miss(p) => {
-                    // the cache fetches whole responses: the client's own conditionals
-                    // are answered from what comes back
-                    parts.headers.remove(header::IF_NONE_MATCH);
-                    parts.headers.remove(header::IF_MODIFIED_SINCE);
-                    parts.headers.extend(p.revalidate.clone());
-                    pending = Some(p);
+            }
+            match cache.after(p, &parts) {
+                After::Refreshed(resp) => return Ok(resp.map(Body::full)),
+                After::Store(cache_policy) => {
+                    let len = http_body::Body::size_hint(&body).exact();
+                    if let Some(len) = len.filter(|n| *n <= cache.max_entry() as u64) {
+                        let data = http_body_util::BodyExt::collect(body)
+                            .await
+                            .map_err(|e| {
+                                tracing::debug!(error = %e, "upstream body failed while caching");
+                                ProxyError::UpstreamBody
+                            })?
+                            .to_bytes();
+                        debug_assert_eq!(data.len() as u64, len);
+                        return Ok(cache.store(p, *cache_policy, &parts, data).map(Body::full));
+                    }
+                    cache::set_status(&mut parts.headers, "fwd=miss; detail=too-large");
+                }
+                After::Pass => {
+                    let fwd = if Cache::had_stale(p) {
+                        "fwd=stale"
+                    } else {
+                        "fwd=miss"
+                    };
+                    cache::set_status(&mut parts.headers, fwd);
                 }
             }
-        } else if cache::invalidates(&parts.method) {
-            invalidate = Some(key);
         }
-    }
-    let body = request_body(proxy, policy, &mut parts, body).await?;
-    let sent = match pool
-        .send(Request::from_parts(parts, body), conn.peer.ip())
-        .await
-    {
-        Ok(sent) => sent,
-        Err((e, upstream)) => {
-            tail.upstream = Some(upstream);
-            let stale = pending
-                .as_ref()
-                .zip(route.cache.as_ref())
-                .zip(proxy.cache.as_ref())
-                .and_then(|((p, rc), c)| c.stale_on_error(p, rc));
-            return match stale {
-                Some(resp) => {
-                    tracing::warn!(error = %e, "upstream failed; serving a stale cached response");
-                    Ok(resp.map(Body::full))
+        // Response buffering: read the app's response as fast as it comes, so its connection
+        // and worker are free while a slow client downloads. Never for event streams and gRPC
+        // (each message must go out as it comes) or bodies already complete.
+        let declared = http_body::Body::size_hint(&body).exact();
+        // A body that fits the connection's own buffers (hyper's HTTP/1 write buffer, an HTTP/2
+        // stream's initial window) is drained from the app at once whatever the client's pace:
+        // buffering it would only add work (measured: 2 us a request on HTTP/2).
+        let fits_in_flight = declared.is_some_and(|n| n <= PASS_LIMIT);
+        if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || is_stream(&parts) {
+            return Ok(Response::from_parts(
+                parts,
+                Body::Upstream {
+                    body: Box::new(body),
+                },
+            ));
+        }
+        // A small body of known length is read whole right here (the common API response:
+        // no task, no lock); anything else is read ahead on a task of its own, and flows on to
+        // the client as it comes.
+        let small =
+            declared.filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
+        let body = match small {
+            Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
+                Ok(Ok(held)) => Body::Held {
+                    body: Box::new(held),
+                },
+                Ok(Err(body)) => Body::Spooled {
+                    body: Box::new(buffer::spool_response(
+                        body,
+                        &proxy.buffers,
+                        &proxy.timeouts,
+                    )),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream response body failed");
+                    return Err(ProxyError::UpstreamBody);
                 }
-                None => Err(e),
-            };
-        }
-    };
-    tail.upstream = Some(sent.upstream);
-    let (mut parts, body) = sent.response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if let (Some(key), Some(cache)) = (invalidate, &proxy.cache) {
-        if parts.status.is_success() || parts.status.is_redirection() {
-            let key_headers = route
-                .cache
-                .as_ref()
-                .is_some_and(|c| !c.key_headers.is_empty());
-            cache.invalidate(&key, key_headers);
-        }
-    }
-    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
-        .already_read(sent.read);
-    if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
-        if parts.status.is_server_error() {
-            if let Some(resp) = cache.stale_on_error(p, rc) {
-                return Ok(resp.map(Body::full));
-            }
-        }
-        match cache.after(p, &parts) {
-            After::Refreshed(resp) => return Ok(resp.map(Body::full)),
-            After::Store(cache_policy) => {
-                let len = http_body::Body::size_hint(&body).exact();
-                if let Some(len) = len.filter(|n| *n <= cache.max_entry() as u64) {
-                    let data = http_body_util::BodyExt::collect(body)
-                        .await
-                        .map_err(|e| {
-                            tracing::debug!(error = %e, "upstream body failed while caching");
-                            ProxyError::UpstreamBody
-                        })?
-                        .to_bytes();
-                    debug_assert_eq!(data.len() as u64, len);
-                    return Ok(cache.store(p, *cache_policy, &parts, data).map(Body::full));
-                }
-                cache::set_status(&mut parts.headers, "fwd=miss; detail=too-large");
-            }
-            After::Pass => {
-                let fwd = if Cache::had_stale(p) {
-                    "fwd=stale"
-                } else {
-                    "fwd=miss"
-                };
-                cache::set_status(&mut parts.headers, fwd);
-            }
-        }
-    }
-    // Response buffering: read the app's response as fast as it comes, so its connection
-    // and worker are free while a slow client downloads. Never for event streams and gRPC
-    // (each message must go out as it comes) or bodies already complete.
-    let declared = http_body::Body::size_hint(&body).exact();
-    // A body that fits the connection's own buffers (hyper's HTTP/1 write buffer, an HTTP/2
-    // stream's initial window) is drained from the app at once whatever the client's pace:
-    // buffering it would only add work (measured: 2 us a request on HTTP/2).
-    let fits_in_flight = declared.is_some_and(|n| n <= PASS_LIMIT);
-    if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || is_stream(&parts) {
-        return Ok(Response::from_parts(
-            parts,
-            Body::Upstream {
-                body: Box::new(body),
             },
-        ));
-    }
-    // A small body of known length is read whole right here (the common API response:
-    // no task, no lock); anything else is read ahead on a task of its own, and flows on to
-    // the client as it comes.
-    let small = declared.filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
-    let body = match small {
-        Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
-            Ok(Ok(held)) => Body::Held {
-                body: Box::new(held),
-            },
-            Ok(Err(body)) => Body::Spooled {
+            None => Body::Spooled {
                 body: Box::new(buffer::spool_response(
                     body,
                     &proxy.buffers,
                     &proxy.timeouts,
                 )),
             },
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream response body failed");
-                return Err(ProxyError::UpstreamBody);
-            }
-        },
-        None => Body::Spooled {
-            body: Box::new(buffer::spool_response(
-                body,
-                &proxy.buffers,
-                &proxy.timeouts,
-            )),
-        },
-    };
-    Ok(Response::from_parts(parts, body))
+        };
+        Ok(Response::from_parts(parts, body))
+    }
 }
 
 /// Refreshes a cache entry served stale (stale-while-revalidate) with one request of its

@@ -4,6 +4,7 @@
 //! (`upstream/h1.rs`); HTTP/2 (`protocol = "h2c"`) and Upgrade requests go through
 //! `hyper::client::conn`.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -631,142 +632,151 @@ impl Pool {
     /// (the keep-alive race: the app closed it, so it never saw the request). An idempotent
     /// request that could be sent again has a small response body read whole here
     /// (`READ_AHEAD`), so a failure between head and body is retried too.
-    pub async fn send(
+    // (not an async fn: an async block uses `req` in place, where an async fn's body copies
+    // it into a local and holds both)
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         &self,
         mut req: Request<ReqBody>,
         client: IpAddr,
-    ) -> Result<Sent, (ProxyError, Arc<str>)> {
-        let idempotent = idempotent(req.method());
-        if self.protocol == UpstreamProtocol::H2c {
-            into_h2(&mut req, "localhost");
-        }
-        let mut tried: u64 = 0;
-        let pool_slot = self
-            .queue_slot()
-            .await
-            .map_err(|e| (e, Arc::from("-")))?
-            .map(Arc::new);
-        // (coarse readings for these: see `clock`)
-        let deadline = crate::clock::coarse_now() + self.connect_timeout;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let retry_left = attempt <= self.retries && crate::clock::coarse_now() < deadline;
-            let i = self.pick(req.headers(), client, tried);
-            tried |= 1 << (i % 64);
-            let member = &self.members[i];
-            let fail = |e| (e, member.label.clone());
-            let slot = self.member_slot(member).await.map_err(fail)?;
-            let in_flight = InFlight::new(member, slot, pool_slot.clone());
-            // (one reading for the latency, the idle checks and the response's deadline)
-            let started = Instant::now();
-            let (mut conn, reused) = match self.checkout(member, started) {
-                Some(c) => (c, true),
-                // boxed: a new connection is the rare case, and its future is large
-                None => match Box::pin(self.connect(member)).await {
-                    Ok(c) => (c, false),
-                    Err(e) => {
-                        self.failed(member);
-                        if retry_left {
-                            tracing::debug!(upstream = %member.label, error = %e, "connect failed; trying another member");
-                            self.retried.fetch_add(1, Ordering::Relaxed);
-                            continue;
+    ) -> impl Future<Output = Result<Sent, (ProxyError, Arc<str>)>> + Send + '_ {
+        async move {
+            let idempotent = idempotent(req.method());
+            if self.protocol == UpstreamProtocol::H2c {
+                into_h2(&mut req, "localhost");
+            }
+            let mut tried: u64 = 0;
+            let pool_slot = self
+                .queue_slot()
+                .await
+                .map_err(|e| (e, Arc::from("-")))?
+                .map(Arc::new);
+            // (coarse readings for these: see `clock`)
+            let deadline = crate::clock::coarse_now() + self.connect_timeout;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let retry_left = attempt <= self.retries && crate::clock::coarse_now() < deadline;
+                let i = self.pick(req.headers(), client, tried);
+                tried |= 1 << (i % 64);
+                let member = &self.members[i];
+                let fail = |e| (e, member.label.clone());
+                let slot = self.member_slot(member).await.map_err(fail)?;
+                let in_flight = InFlight::new(member, slot, pool_slot.clone());
+                // (one reading for the latency, the idle checks and the response's deadline)
+                let started = Instant::now();
+                let (mut conn, reused) = match self.checkout(member, started) {
+                    Some(c) => (c, true),
+                    // boxed: a new connection is the rare case, and its future is large
+                    None => match Box::pin(self.connect(member)).await {
+                        Ok(c) => (c, false),
+                        Err(e) => {
+                            self.failed(member);
+                            if retry_left {
+                                tracing::debug!(upstream = %member.label, error = %e, "connect failed; trying another member");
+                                self.retried.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            return Err(fail(e));
                         }
-                        return Err(fail(e));
-                    }
-                },
-            };
-            // Keep a copy of the request while a retry is left: if the connection dies before
-            // any response byte (the app closed it as it sat in the pool, or the app's
-            // process died mid-request), it is sent again, to another member when there is
-            // one. The copy costs a header map per request; a buffered body is shared.
-            let racy = reused && conn.idled >= RACE_IDLE;
-            // An idempotent request on a hot connection is copied only when another member
-            // could take the retry: with one member, a connection that fails mid-request
-            // means the app itself failed, and a retry would meet the same fate.
-            let copy = if (racy || idempotent && self.members.len() > 1) && retry_left {
-                replay_copy(&req)
-            } else {
-                None
-            };
-            // (a pooled connection is sent on at once; a new one only after its connect)
-            let sent_at = if reused { started } else { Instant::now() };
-            let sent =
-                tokio::time::timeout_at(sent_at + self.response_timeout, conn.sender.try_send(req))
-                    .await;
-            match sent {
-                Ok(Ok(mut response)) => {
-                    let took = started.elapsed();
-                    member.load.observe(took);
-                    self.latency.observe(took);
-                    if let Some(app_limit) = keep_alive_timeout(response.headers()) {
-                        conn.idle_limit = conn.idle_limit.min(app_limit);
-                    }
-                    let mut read = None;
-                    // the app saw the request, so only an idempotent one is sent again
-                    if let Some(copy) = copy.filter(|_| idempotent) {
-                        if self.reads_ahead(&response) {
-                            let body = http_body_util::BodyExt::collect(response.body_mut());
-                            match tokio::time::timeout(self.response_timeout, body).await {
-                                Ok(Ok(whole)) => read = Some(whole.to_bytes()),
-                                failed => {
-                                    let error = match failed {
-                                        Ok(Err(e)) => e.to_string(),
-                                        _ => "timed out".to_owned(),
-                                    };
-                                    tracing::debug!(upstream = %member.label, %error, "upstream failed within the response body; sending again");
-                                    self.failed(member);
-                                    self.retried.fetch_add(1, Ordering::Relaxed);
-                                    req = copy;
-                                    continue;
+                    },
+                };
+                // Keep a copy of the request while a retry is left: if the connection dies before
+                // any response byte (the app closed it as it sat in the pool, or the app's
+                // process died mid-request), it is sent again, to another member when there is
+                // one. The copy costs a header map per request; a buffered body is shared.
+                let racy = reused && conn.idled >= RACE_IDLE;
+                // An idempotent request on a hot connection is copied only when another member
+                // could take the retry: with one member, a connection that fails mid-request
+                // means the app itself failed, and a retry would meet the same fate.
+                let copy = if (racy || idempotent && self.members.len() > 1) && retry_left {
+                    replay_copy(&req)
+                } else {
+                    None
+                };
+                // (a pooled connection is sent on at once; a new one only after its connect)
+                let sent_at = if reused { started } else { Instant::now() };
+                let sent = tokio::time::timeout_at(
+                    sent_at + self.response_timeout,
+                    conn.sender.try_send(req),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(mut response)) => {
+                        let took = started.elapsed();
+                        member.load.observe(took);
+                        self.latency.observe(took);
+                        if let Some(app_limit) = keep_alive_timeout(response.headers()) {
+                            conn.idle_limit = conn.idle_limit.min(app_limit);
+                        }
+                        let mut read = None;
+                        // the app saw the request, so only an idempotent one is sent again
+                        if let Some(copy) = copy.filter(|_| idempotent) {
+                            if self.reads_ahead(&response) {
+                                let body = http_body_util::BodyExt::collect(response.body_mut());
+                                match tokio::time::timeout(self.response_timeout, body).await {
+                                    Ok(Ok(whole)) => read = Some(whole.to_bytes()),
+                                    failed => {
+                                        let error = match failed {
+                                            Ok(Err(e)) => e.to_string(),
+                                            _ => "timed out".to_owned(),
+                                        };
+                                        tracing::debug!(upstream = %member.label, %error, "upstream failed within the response body; sending again");
+                                        self.failed(member);
+                                        self.retried.fetch_add(1, Ordering::Relaxed);
+                                        req = copy;
+                                        continue;
+                                    }
                                 }
                             }
                         }
-                    }
-                    if response.status().is_server_error() {
-                        self.failed(member);
-                    } else if member.health.succeeded(&self.health_clock) {
-                        tracing::info!(upstream = %member.label, "ejected member answered again: back in rotation");
-                    }
-                    return Ok(Sent {
-                        response,
-                        conn,
-                        upstream: member.label.clone(),
-                        in_flight,
-                        read,
-                    });
-                }
-                Ok(Err((unsent, error))) => {
-                    match (unsent, copy) {
-                        (Some(back), _) if retry_left => req = back,
-                        // a non-idempotent request is sent again only when the connection
-                        // failed at once, as one the app had closed does: a failure after the
-                        // app had time to work on it (a worker killed mid-request) may have
-                        // left effects
-                        (None, Some(copy)) if idempotent || sent_at.elapsed() < RACE_FAILURE => {
-                            // a connection that sat idle was most likely closed by the app's
-                            // keep-alive timer: no sign of a failing member
-                            if !racy {
-                                self.failed(member);
-                            }
-                            req = copy;
-                        }
-                        _ => {
+                        if response.status().is_server_error() {
                             self.failed(member);
-                            return Err(fail(ProxyError::UpstreamProtocol {
-                                addr: member.label.to_string(),
-                                source: error,
-                            }));
+                        } else if member.health.succeeded(&self.health_clock) {
+                            tracing::info!(upstream = %member.label, "ejected member answered again: back in rotation");
                         }
+                        return Ok(Sent {
+                            response,
+                            conn,
+                            upstream: member.label.clone(),
+                            in_flight,
+                            read,
+                        });
                     }
-                    tracing::debug!(upstream = %member.label, %error, reused, "upstream connection failed before a response; sending again");
-                    self.retried.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    self.failed(member);
-                    return Err(fail(ProxyError::UpstreamTimeout {
-                        addr: member.label.to_string(),
-                    }));
+                    Ok(Err((unsent, error))) => {
+                        match (unsent, copy) {
+                            (Some(back), _) if retry_left => req = back,
+                            // a non-idempotent request is sent again only when the connection
+                            // failed at once, as one the app had closed does: a failure after the
+                            // app had time to work on it (a worker killed mid-request) may have
+                            // left effects
+                            (None, Some(copy))
+                                if idempotent || sent_at.elapsed() < RACE_FAILURE =>
+                            {
+                                // a connection that sat idle was most likely closed by the app's
+                                // keep-alive timer: no sign of a failing member
+                                if !racy {
+                                    self.failed(member);
+                                }
+                                req = copy;
+                            }
+                            _ => {
+                                self.failed(member);
+                                return Err(fail(ProxyError::UpstreamProtocol {
+                                    addr: member.label.to_string(),
+                                    source: error,
+                                }));
+                            }
+                        }
+                        tracing::debug!(upstream = %member.label, %error, reused, "upstream connection failed before a response; sending again");
+                        self.retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.failed(member);
+                        return Err(fail(ProxyError::UpstreamTimeout {
+                            addr: member.label.to_string(),
+                        }));
+                    }
                 }
             }
         }
