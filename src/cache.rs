@@ -387,8 +387,16 @@ impl Cache {
                             free
                         };
                         let pending = leader.then(|| {
-                            let mut p =
-                                self.pending(key.clone(), parts, entry.clone(), request.headers);
+                            // (a HEAD's refresh fetches the GET it was answered from, as
+                            // nginx's proxy_cache_convert_head does: a HEAD's answer stores
+                            // nothing)
+                            let mut p = self.pending_as(
+                                key.clone(),
+                                parts,
+                                Method::GET,
+                                entry.clone(),
+                                request.headers,
+                            );
                             p._leader = Some(Leader {
                                 cache: self.clone(),
                                 key: key.clone(),
@@ -466,7 +474,20 @@ impl Cache {
         stale: Option<Arc<Entry>>,
         revalidation_headers: HeaderMap,
     ) -> Pending {
-        let request = policy_view(parts, parts.method.clone());
+        let method = parts.method.clone();
+        self.pending_as(key, parts, method, stale, revalidation_headers)
+    }
+
+    /// [`Cache::pending`] for `parts` sent as `method`.
+    fn pending_as(
+        &self,
+        key: Arc<str>,
+        parts: &http::request::Parts,
+        method: Method,
+        stale: Option<Arc<Entry>>,
+        revalidation_headers: HeaderMap,
+    ) -> Pending {
+        let request = policy_view(parts, method);
         // only the validators the policy added, not the client's own conditionals
         let mut revalidate = HeaderMap::new();
         if stale.is_some() {

@@ -361,6 +361,51 @@ async fn stale_while_revalidate_serves_then_refreshes() {
     assert_eq!(app.seen().len(), 2);
 }
 
+/// A HEAD answered from a stale entry (stale-while-revalidate) refreshes it with a GET, so
+/// an app that answers in full (no 304) still renews the entry.
+#[tokio::test]
+async fn a_stale_head_refreshes_its_entry_with_a_get() {
+    let app = Upstream::start("app").await;
+    let usher = TestServer::start(&config(&app.addr, "stale_while_revalidate = \"1h\"")).await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let path = "/cache/max-age=1/nocond";
+    let first = c.get("app.test", path).await;
+    // the entry's lifetime passing is the behaviour under test
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let head = c
+        .send(
+            http::Request::head(path)
+                .header("host", "app.test")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        head.header("cache-status")
+            .contains("stale-while-revalidate"),
+        "{:?}",
+        head.headers
+    );
+    crate::support::eventually("the background refresh reaches the app", || {
+        app.seen().len() == 2
+    })
+    .await;
+    assert_eq!(app.seen()[1].method, http::Method::GET);
+    // the app answered in full: stored just after, so poll for the hit
+    let mut fresh = None;
+    for _ in 0..50 {
+        let r = c.get("app.test", path).await;
+        if r.header("cache-status").contains("hit") {
+            fresh = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = fresh.expect("the entry was not refreshed");
+    assert_eq!(fresh.text(), first.text());
+    assert_eq!(app.seen().len(), 2);
+}
+
 /// The quick answer for fresh entries never skips what the full rules weigh: a request's own
 /// `Cache-Control: no-cache` or `max-age=0` goes to the app, `max-stale` and Age are honoured,
 /// and an entry with Vary is matched by the rules (an Accept-Language the entry was not

@@ -7,7 +7,8 @@
 //! - `/trailers`: a body followed by gRPC-style trailers (`grpc-status: 0`);
 //! - `/cache/DIRECTIVES/...`: a response with `Cache-Control: DIRECTIVES` and an ETag (304 to
 //!   a matching If-None-Match); with `vary` in the path, `Vary: Accept-Language`; with `aged`,
-//!   its own `Age: 7` and `Cache-Status`; with `big`, a 300,000-byte body;
+//!   its own `Age: 7` and `Cache-Status`; with `big`, a 300,000-byte body; with `nocond`,
+//!   never a 304;
 //! - anything else: 200 `NAME PATH`.
 
 use std::convert::Infallible;
@@ -352,10 +353,11 @@ async fn answer(
             // a 304 to a matching If-None-Match; `vary` adds Vary: Accept-Language
             let directives = p.split('/').nth(2).unwrap_or("").replace('+', " ");
             let etag = format!("\"{}\"", p.len());
-            if parts
-                .headers
-                .get("if-none-match")
-                .is_some_and(|v| v.to_str().unwrap_or("") == etag)
+            if !p.contains("nocond")
+                && parts
+                    .headers
+                    .get("if-none-match")
+                    .is_some_and(|v| v.to_str().unwrap_or("") == etag)
             {
                 return Response::builder()
                     .status(304)
