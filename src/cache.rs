@@ -133,6 +133,13 @@ pub struct Pending {
     _leader: Option<Leader>,
 }
 
+impl Pending {
+    /// The method to send the request with.
+    pub fn method(&self) -> &Method {
+        &self.request.method
+    }
+}
+
 /// Wakes the requests waiting for this key when the fetch ends, however it ends.
 struct Leader {
     cache: Arc<Cache>,

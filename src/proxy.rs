@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 
 use crate::access_log::{AccessLog, LogTail};
@@ -635,10 +635,8 @@ async fn refresh_entry(
     parts.headers.remove(header::IF_NONE_MATCH);
     parts.headers.remove(header::IF_MODIFIED_SINCE);
     parts.headers.extend(pending.revalidate.clone());
-    // a HEAD answered stale is refreshed with the GET its entry is for (see `Cache::lookup`)
-    if parts.method == Method::HEAD {
-        parts.method = Method::GET;
-    }
+    // (the method the cache asks for: a GET where a HEAD was answered stale)
+    parts.method = pending.method().clone();
     let sent = match pool
         .send(Request::from_parts(parts, ReqBody::Empty), client)
         .await

@@ -323,6 +323,19 @@ async fn what_is_not_stored_passes_through() {
     assert_eq!(app.seen().len(), expected_upstream);
 }
 
+/// The first hit for `path` within about a second, asked every 20 ms: a background refresh
+/// stores its entry just after the app answers.
+async fn refreshed_hit(c: &mut Client, path: &str) -> Option<crate::support::client::Resp> {
+    for _ in 0..50 {
+        let r = c.get("app.test", path).await;
+        if r.header("cache-status").contains("hit") {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 /// stale-while-revalidate: a stale entry is served at once and refreshed by one request in
 /// the background; then it is fresh again.
 #[tokio::test]
@@ -348,15 +361,7 @@ async fn stale_while_revalidate_serves_then_refreshes() {
     .await;
     assert_eq!(app.seen()[1].headers["if-none-match"], first.header("etag"));
     // the refreshed entry is stored just after the app answers: poll for the hit
-    let mut fresh = None;
-    for _ in 0..50 {
-        let r = c.get("app.test", "/cache/max-age=1/swr").await;
-        if r.header("cache-status").contains("hit") {
-            fresh = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let fresh = refreshed_hit(&mut c, "/cache/max-age=1/swr").await;
     assert!(fresh.is_some(), "the entry was not refreshed");
     assert_eq!(app.seen().len(), 2);
 }
@@ -392,16 +397,9 @@ async fn a_stale_head_refreshes_its_entry_with_a_get() {
     .await;
     assert_eq!(app.seen()[1].method, http::Method::GET);
     // the app answered in full: stored just after, so poll for the hit
-    let mut fresh = None;
-    for _ in 0..50 {
-        let r = c.get("app.test", path).await;
-        if r.header("cache-status").contains("hit") {
-            fresh = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let fresh = fresh.expect("the entry was not refreshed");
+    let fresh = refreshed_hit(&mut c, path)
+        .await
+        .expect("the entry was not refreshed");
     assert_eq!(fresh.text(), first.text());
     assert_eq!(app.seen().len(), 2);
 }
