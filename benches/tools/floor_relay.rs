@@ -3,7 +3,7 @@
 //! calls per proxied request as usher (read the request, write it upstream, read the answer,
 //! write it back), so its CPU time per request is what the kernel and tokio cost before any
 //! proxy work. `benches/adapters/floor-relay.sh` runs it in the shared harness's h1_small row
-//! (see the README's "Where the time goes").
+//! (see "The floor" under Benchmarks in the README).
 //!
 //!   cargo build --release --example floor_relay
 //!   target/release/examples/floor_relay LISTEN UPSTREAM      e.g. 127.0.0.1:8080 127.0.0.1:9000
