@@ -64,9 +64,9 @@ impl ClientIo for TcpStream {
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+impl ClientIo for tokio_rustls::server::TlsStream<TlsSocket> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
+        self.get_ref().0 .0.poll_read_ready(cx)
     }
 
     fn has_pending(&mut self) -> bool {
@@ -75,6 +75,55 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
             // the next read reports it
             Err(_) => true,
         }
+    }
+}
+
+/// The TCP socket under TLS. rustls hands its records to the socket as a vectored write,
+/// nearly always of one buffer (a response's record); one buffer goes out as a plain send,
+/// which costs the kernel less than a writev (about 2% of the CPU of a small request).
+pub(super) struct TlsSocket(TcpStream);
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut full = bufs.iter().filter(|b| !b.is_empty());
+        match (full.next(), full.next()) {
+            (Some(one), None) => Pin::new(&mut self.0).poll_write(cx, one),
+            _ => Pin::new(&mut self.0).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -116,7 +165,8 @@ async fn start(
     let live = shared.live.load().conn.clone();
     match (&live.tls, is_tls) {
         (Some(acceptor), true) => {
-            let handshake = tokio::time::timeout(live.handshake_timeout, acceptor.accept(tcp));
+            let handshake =
+                tokio::time::timeout(live.handshake_timeout, acceptor.accept(TlsSocket(tcp)));
             let stream = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => {
@@ -151,7 +201,7 @@ async fn start(
 /// What follows a TLS handshake: the HTTP sessions, HTTP/2 or HTTP/1.1 as ALPN says; for a CA
 /// validating TLS-ALPN-01, only the close (the handshake was the whole answer).
 fn after_handshake(
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: tokio_rustls::server::TlsStream<TlsSocket>,
     info: impl FnOnce(bool, Option<Box<str>>) -> Arc<ConnInfo>,
     shared: Arc<Shared>,
     live: Arc<ConnSettings>,
@@ -598,5 +648,43 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
             return Pin::new(&mut self.io).poll_flush(cx);
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Both ends of a loopback connection, the writing one under a `TlsSocket`.
+    async fn pair() -> (TlsSocket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (TlsSocket(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_around_one_buffer_sends_that_buffer_whole() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let (mut ours, mut theirs) = pair().await;
+            let bufs = [
+                io::IoSlice::new(b""),
+                io::IoSlice::new(b"record"),
+                io::IoSlice::new(b""),
+            ];
+            let n = ours.write_vectored(&bufs).await.unwrap();
+            assert_eq!(n, 6);
+            // two buffers still go out together, in order
+            let two = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cd")];
+            assert_eq!(ours.write_vectored(&two).await.unwrap(), 4);
+            ours.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"recordabcd");
+        })
+        .await
+        .expect("timed out");
     }
 }
