@@ -427,6 +427,7 @@ impl Core {
         for p in &new_pools {
             if !old_pools.iter().any(|o| Arc::ptr_eq(o, p)) {
                 tokio::spawn(p.clone().check_health(self.shutdown.clone()));
+                tokio::spawn(p.clone().sweep_idle(self.shutdown.clone()));
             }
         }
         drop(old);

@@ -97,7 +97,8 @@ async fn serve(mut s: TcpStream, answer: fn(&str) -> (&'static [u8], After)) {
             After::Close => return,
             After::Drain => {
                 let _ = s.shutdown().await;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                // (bounded, but beyond the tests' STEP: only usher's close counts as one)
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
                     while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
                 })
                 .await;
@@ -186,6 +187,60 @@ async fn a_pooled_connection_the_app_closed_is_not_used() {
         eventually("the app closed its side", || app.closed() == i).await;
     }
     assert_eq!(app.accepted(), 3);
+}
+
+/// A pooled connection is closed when its idle limit runs out, with no request to come upon
+/// it: once traffic stops, the pool does not keep the app's sockets open.
+#[tokio::test]
+async fn an_idle_pooled_connection_is_closed_on_time_without_traffic() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            After::Keep,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"1s\"\n{}",
+        config(&app, "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    for _ in 0..2 {
+        let r = c.get("app.test", "/").await;
+        assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
+    }
+    assert_eq!(app.accepted(), 1, "the pool kept and reused the connection");
+    // (the app keeps its side open: only usher's close ends it)
+    eventually("usher closed the idle connection", || app.closed() == 1).await;
+    assert_eq!(app.accepted(), 1);
+}
+
+/// A pooled connection the app closed (its keep-alive timer, say) is let go within a sweep
+/// (5 s at most), with no request to come upon it and long before the pool's own idle limit.
+#[tokio::test]
+async fn a_pooled_connection_the_app_closed_is_let_go_without_traffic() {
+    let app = RawApp::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            After::Drain,
+        )
+    })
+    .await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"60s\"\n{}",
+        config(&app, "")
+    ))
+    .await;
+    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let r = c.get("app.test", "/").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
+    // (the app shut its side down after answering and reads until usher closes: usher's
+    // socket sits half-closed in the pool until then)
+    eventually("usher let go of the connection the app closed", || {
+        app.closed() == 1
+    })
+    .await;
 }
 
 /// A response that is not HTTP, has a status of four digits, frames its body two ways, or
