@@ -548,6 +548,25 @@ impl PooledConn {
     }
 }
 
+/// Ticks every period (a late tick delays the next, no burst), until the server's shutdown
+/// or the pool's retirement.
+struct Beat<'a> {
+    tick: tokio::time::Interval,
+    shutdown: &'a CancellationToken,
+    retired: &'a CancellationToken,
+}
+
+impl Beat<'_> {
+    /// Waits for the next tick: false when the loop is to stop instead.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = self.shutdown.cancelled() => false,
+            _ = self.retired.cancelled() => false,
+        }
+    }
+}
+
 /// What `Pool::send` returns: the response head and body, the connection to release when the
 /// body is done, and the member's label for the access log.
 pub struct Sent {
@@ -923,6 +942,17 @@ impl Pool {
         self.retired.cancel();
     }
 
+    /// The clock of one of the pool's background loops (`sweep_idle`, `check_health`).
+    fn beat<'a>(&'a self, every: Duration, shutdown: &'a CancellationToken) -> Beat<'a> {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Beat {
+            tick,
+            shutdown,
+            retired: &self.retired,
+        }
+    }
+
     /// Closes the pooled connections past their idle limit, and those the app has closed,
     /// without waiting for a request to come upon them, as nginx closes its idle upstream
     /// connections on time: otherwise, once traffic stops, each would hold its socket (in
@@ -937,14 +967,8 @@ impl Pool {
         let every = self
             .idle_timeout
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-                _ = self.retired.cancelled() => return,
-            }
+        let mut beat = self.beat(every, &shutdown);
+        while beat.next().await {
             let now = crate::clock::coarse_now();
             for member in self.members.iter() {
                 let mut idle = member.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -960,14 +984,8 @@ impl Pool {
         let Some(hc) = self.health_check.clone() else {
             return;
         };
-        let mut tick = tokio::time::interval(hc.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-                _ = self.retired.cancelled() => return,
-            }
+        let mut beat = self.beat(hc.interval, &shutdown);
+        while beat.next().await {
             let probes = self.members.iter().map(|m| self.probe(m, &hc));
             let results = futures_util::future::join_all(probes).await;
             let now = self.health_clock.elapsed();

@@ -1,13 +1,16 @@
 //! HTTP/1.1 on the wire, shared by the server's fast path (`server/h1.rs`) and the upstream
 //! client (`upstream/h1.rs`): header values read from raw bytes, and gathered writes.
 
+use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
 use http_body::Frame;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use crate::body::BoxError;
 
@@ -210,6 +213,21 @@ impl Framer {
     }
 }
 
+/// Writes what `bufs` hold, as much as the socket takes now: one non-empty buffer with a
+/// plain write (a `send`, which costs the kernel less than a `writev`: about 2% of the CPU
+/// of a small proxied request), more in one vectored write.
+pub fn poll_write_lean<W: AsyncWrite + ?Sized>(
+    io: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let mut full = bufs.iter().filter(|b| !b.is_empty());
+    match (full.next(), full.next()) {
+        (Some(one), None) => io.poll_write(cx, one),
+        _ => io.poll_write_vectored(cx, bufs),
+    }
+}
+
 /// Writes `first` (then empties it) and `second`, in as few writes as the transport allows.
 pub async fn write_two<W: AsyncWrite + Unpin>(
     io: &mut W,
@@ -218,14 +236,8 @@ pub async fn write_two<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let (mut a, mut b) = (&first[..], second);
     while !a.is_empty() || !b.is_empty() {
-        let n = if b.is_empty() {
-            io.write(a).await?
-        } else if a.is_empty() {
-            io.write(b).await?
-        } else {
-            io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-                .await?
-        };
+        let bufs = [IoSlice::new(a), IoSlice::new(b)];
+        let n = poll_fn(|cx| poll_write_lean(Pin::new(&mut *io), cx, &bufs)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -26,7 +26,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ReqBody;
 use crate::body::BoxError;
-use crate::wire::{has_token, parse_length, Framer, Kind, GATHER};
+use crate::wire::{has_token, parse_length, poll_write_lean, Framer, Kind, GATHER};
 
 mod batch;
 use batch::Batch;
@@ -201,16 +201,8 @@ impl Conn {
             while sent < total {
                 let first = self.out.get(sent..).unwrap_or_default();
                 let second = &data[sent.saturating_sub(self.out.len())..];
-                // (one buffer is a plain send: cheaper in the kernel than a writev)
-                let io = Pin::new(&mut self.io);
-                let written = match (first.is_empty(), second.is_empty()) {
-                    (_, true) => io.poll_write(cx, first),
-                    (true, false) => io.poll_write(cx, second),
-                    (false, false) => {
-                        io.poll_write_vectored(cx, &[IoSlice::new(first), IoSlice::new(second)])
-                    }
-                };
-                match written {
+                let bufs = [IoSlice::new(first), IoSlice::new(second)];
+                match poll_write_lean(Pin::new(&mut self.io), cx, &bufs) {
                     Poll::Ready(Ok(n)) if n > 0 => sent += n,
                     // (an app that closed: what it said, if anything, is read next)
                     Poll::Ready(_) => return Poll::Ready(false),

@@ -336,6 +336,20 @@ async fn refreshed_hit(c: &mut Client, path: &str) -> Option<crate::support::cli
     None
 }
 
+/// `r` was served stale under stale-while-revalidate, and its background refresh (the app's
+/// second request) reaches the app.
+async fn served_stale_and_refreshing(r: &crate::support::client::Resp, app: &Upstream) {
+    assert!(
+        r.header("cache-status").contains("stale-while-revalidate"),
+        "{:?}",
+        r.headers
+    );
+    crate::support::eventually("the background refresh reaches the app", || {
+        app.seen().len() == 2
+    })
+    .await;
+}
+
 /// stale-while-revalidate: a stale entry is served at once and refreshed by one request in
 /// the background; then it is fresh again.
 #[tokio::test]
@@ -348,17 +362,7 @@ async fn stale_while_revalidate_serves_then_refreshes() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let stale = c.get("app.test", "/cache/max-age=1/swr").await;
     assert_eq!(stale.text(), first.text());
-    assert!(
-        stale
-            .header("cache-status")
-            .contains("stale-while-revalidate"),
-        "{:?}",
-        stale.headers
-    );
-    crate::support::eventually("the background refresh reaches the app", || {
-        app.seen().len() == 2
-    })
-    .await;
+    served_stale_and_refreshing(&stale, &app).await;
     assert_eq!(app.seen()[1].headers["if-none-match"], first.header("etag"));
     // the refreshed entry is stored just after the app answers: poll for the hit
     let fresh = refreshed_hit(&mut c, "/cache/max-age=1/swr").await;
@@ -385,16 +389,7 @@ async fn a_stale_head_refreshes_its_entry_with_a_get() {
                 .unwrap(),
         )
         .await;
-    assert!(
-        head.header("cache-status")
-            .contains("stale-while-revalidate"),
-        "{:?}",
-        head.headers
-    );
-    crate::support::eventually("the background refresh reaches the app", || {
-        app.seen().len() == 2
-    })
-    .await;
+    served_stale_and_refreshing(&head, &app).await;
     assert_eq!(app.seen()[1].method, http::Method::GET);
     // the app answered in full: stored just after, so poll for the hit
     let fresh = refreshed_hit(&mut c, path)

@@ -189,23 +189,30 @@ async fn a_pooled_connection_the_app_closed_is_not_used() {
     assert_eq!(app.accepted(), 3);
 }
 
+/// The answer of the apps below.
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// An app answering as `answer` says, behind usher with the pool's idle limit at `idle`, and
+/// a client of usher's.
+async fn app_behind_usher(
+    answer: fn(&str) -> (&'static [u8], After),
+    idle: &str,
+) -> (RawApp, TestServer, Client) {
+    let app = RawApp::start(answer).await;
+    let usher = TestServer::start(&format!(
+        "[timeouts]\nupstream_idle = \"{idle}\"\n{}",
+        config(&app, "")
+    ))
+    .await;
+    let c = Client::plain(usher.http, Proto::H1).await;
+    (app, usher, c)
+}
+
 /// A pooled connection is closed when its idle limit runs out, with no request to come upon
 /// it: once traffic stops, the pool does not keep the app's sockets open.
 #[tokio::test]
 async fn an_idle_pooled_connection_is_closed_on_time_without_traffic() {
-    let app = RawApp::start(|_| {
-        (
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-            After::Keep,
-        )
-    })
-    .await;
-    let usher = TestServer::start(&format!(
-        "[timeouts]\nupstream_idle = \"1s\"\n{}",
-        config(&app, "")
-    ))
-    .await;
-    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let (app, _usher, mut c) = app_behind_usher(|_| (OK, After::Keep), "1s").await;
     for _ in 0..2 {
         let r = c.get("app.test", "/").await;
         assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
@@ -220,19 +227,7 @@ async fn an_idle_pooled_connection_is_closed_on_time_without_traffic() {
 /// (5 s at most), with no request to come upon it and long before the pool's own idle limit.
 #[tokio::test]
 async fn a_pooled_connection_the_app_closed_is_let_go_without_traffic() {
-    let app = RawApp::start(|_| {
-        (
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-            After::Drain,
-        )
-    })
-    .await;
-    let usher = TestServer::start(&format!(
-        "[timeouts]\nupstream_idle = \"60s\"\n{}",
-        config(&app, "")
-    ))
-    .await;
-    let mut c = Client::plain(usher.http, Proto::H1).await;
+    let (app, _usher, mut c) = app_behind_usher(|_| (OK, After::Drain), "60s").await;
     let r = c.get("app.test", "/").await;
     assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
     // (the app shut its side down after answering and reads until usher closes: usher's
