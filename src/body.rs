@@ -18,7 +18,7 @@ use tower_http::services::fs::ServeFileSystemResponseBody;
 use crate::access_log::LogTail;
 use crate::buffer::{HeldResponse, SpooledResponse};
 use crate::upstream::{InFlight, PooledConn, RespBody};
-use crate::wire::EncodedHead;
+use crate::wire::{EncodedHead, PassedHead};
 
 /// The error type of every response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -75,6 +75,15 @@ impl Body {
     pub fn encoded_head(&self) -> Option<(&EncodedHead, &[u64; 2])> {
         match self {
             Body::Encoded { head, numbers, .. } => Some((head, numbers)),
+            _ => None,
+        }
+    }
+
+    /// The app's header lines, passed on in place of the response's (empty) header map: only
+    /// for usher's HTTP/1.1 path (see `Pool::send`).
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        match self {
+            Body::Upstream { body } => body.passed_head(),
             _ => None,
         }
     }
@@ -198,6 +207,22 @@ impl UpstreamBody {
         }
     }
 
+    /// The app's header lines, when the response passes them on as they came.
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        match &self.body {
+            RespBody::Wire(b) => b.passed_head(),
+            RespBody::Hyper(_) => None,
+        }
+    }
+
+    /// The same, taken out (the response needs its header map after all).
+    pub fn take_passed_head(&mut self) -> Option<PassedHead> {
+        match &mut self.body {
+            RespBody::Wire(b) => b.take_passed_head(),
+            RespBody::Hyper(_) => None,
+        }
+    }
+
     /// The same, for a body already read whole (`Sent::read`).
     pub fn already_read(mut self, read: Option<Bytes>) -> UpstreamBody {
         self.read = read;
@@ -296,6 +321,11 @@ impl Logged {
     /// See [`Body::encoded_head`].
     pub fn encoded_head(&self) -> Option<(&EncodedHead, &[u64; 2])> {
         self.inner.encoded_head()
+    }
+
+    /// See [`Body::passed_head`].
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        self.inner.passed_head()
     }
 }
 

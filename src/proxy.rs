@@ -28,6 +28,7 @@ use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
 use crate::upstream::{Pool, PooledConn, ReqBody, RespBody};
+use crate::wire::PassedHead;
 
 /// Responses up to this size (of known length) are read whole before their head goes out:
 /// small enough that the wait is a single read.
@@ -190,6 +191,10 @@ impl Proxy {
                 encoded || resp.body().encoded_head().is_none(),
                 "an encoded head where it cannot be sent"
             );
+            debug_assert!(
+                encoded || resp.body().passed_head().is_none(),
+                "passed header lines where they cannot be sent"
+            );
             tail.set_status(resp.status());
             if tail.metrics.is_none() {
                 tail.metrics = Some(self.routes.unrouted.clone());
@@ -298,7 +303,7 @@ impl Proxy {
                         Ok(resp) => return Ok(resp),
                         Err(key) => key,
                     };
-                    forward(self, pool, route, req, uri, key, conn, tail).await
+                    forward(self, pool, route, req, uri, key, conn, tail, encoded).await
                 }
             }
         }
@@ -374,7 +379,9 @@ pub enum Writer {
 
 /// Step 5, forward to the route's pool (`uri` is the target to send, and `key` the cache key
 /// when [`Proxy::fresh_hit`] took it): buffer the request body, rewrite headers,
-/// `pool.send`, buffer the response, rewrite headers, respond.
+/// `pool.send`, buffer the response, rewrite headers, respond. `encoded`: the response goes
+/// to usher's HTTP/1.1 writer uncompressed, so an uncached one may keep the app's header
+/// lines as they came, without a header map ([`PassedHead`]).
 // Not an async fn: an async block uses its arguments in place, where an async fn's body
 // copies them into locals (the request, 264 bytes, would be copied and held twice).
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
@@ -387,6 +394,7 @@ fn forward<'a>(
     key: Option<Arc<str>>,
     conn: &'a Arc<ConnInfo>,
     tail: &'a mut LogTail,
+    encoded: bool,
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
     async move {
         let tunnel_idle = proxy.tunnel_idle;
@@ -505,8 +513,10 @@ fn forward<'a>(
             }
         }
         let body = request_body(proxy, policy, &mut parts, body).await?;
+        // (the cache and its validators read the response's headers)
+        let pass = encoded && pending.is_none() && invalidate.is_none();
         let sent = match pool
-            .send(Request::from_parts(parts, body), conn.peer.ip())
+            .send(Request::from_parts(parts, body), conn.peer.ip(), pass)
             .await
         {
             Ok(sent) => sent,
@@ -581,13 +591,21 @@ fn forward<'a>(
         // stream's initial window) is drained from the app at once whatever the client's pace:
         // buffering it would only add work (measured: 2 us a request on HTTP/2).
         let fits_in_flight = declared.is_some_and(|n| n <= PASS_LIMIT);
-        if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || is_stream(&parts) {
+        let stream = body
+            .passed_head()
+            .map_or_else(|| is_stream(&parts), PassedHead::is_stream);
+        if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || stream {
             return Ok(Response::from_parts(
                 parts,
                 Body::Upstream {
                     body: Box::new(body),
                 },
             ));
+        }
+        // (the bodies below carry no lines of their own: back to a header map)
+        let mut body = body;
+        if let Some(passed) = body.take_passed_head() {
+            parts.headers = passed.into_headers();
         }
         // A small body of known length is read whole right here (the common API response:
         // no task, no lock); anything else is read ahead on a task of its own, and flows on to
@@ -638,7 +656,7 @@ async fn refresh_entry(
     // (the method the cache asks for: a GET where a HEAD was answered stale)
     parts.method = pending.method().clone();
     let sent = match pool
-        .send(Request::from_parts(parts, ReqBody::Empty), client)
+        .send(Request::from_parts(parts, ReqBody::Empty), client, false)
         .await
     {
         Ok(sent) => sent,

@@ -150,8 +150,13 @@ enum Sender {
 type SendFailure = (Option<Request<ReqBody>>, crate::body::BoxError);
 
 impl Sender {
-    /// Sends `req`; a request the connection never took is handed back in the error.
-    async fn try_send(&mut self, req: Request<ReqBody>) -> Result<Response<RespBody>, SendFailure> {
+    /// Sends `req`; a request the connection never took is handed back in the error. `pass`:
+    /// see [`Pool::send`].
+    async fn try_send(
+        &mut self,
+        req: Request<ReqBody>,
+        pass: bool,
+    ) -> Result<Response<RespBody>, SendFailure> {
         let hyper = |mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
             let back = e.take_message();
             (back, e.into_error().into())
@@ -161,7 +166,7 @@ impl Sender {
                 let Sender::Wire(conn) = std::mem::replace(self, Sender::Lent) else {
                     unreachable!()
                 };
-                match conn.send(req).await {
+                match conn.send(req, pass).await {
                     Ok(r) => Ok(r.map(RespBody::Wire)),
                     Err(e) => Err((None, e.into())),
                 }
@@ -218,10 +223,19 @@ const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// How long the app keeps an idle connection open, from its `Keep-Alive: timeout=N`
 /// (uvicorn and gunicorn send it), less a margin: usher drops the connection first.
-fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+fn app_keep_alive(response: &Response<RespBody>) -> Option<Duration> {
     // (a name, not a string: a string key is parsed into a name on every lookup)
     const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-    let v = headers.get(&KEEP_ALIVE)?.to_str().ok()?;
+    let v = match response.body() {
+        RespBody::Wire(b) if b.passed_head().is_some() => b.passed_head()?.keep_alive()?,
+        _ => response.headers().get(&KEEP_ALIVE)?.as_bytes(),
+    };
+    keep_alive_timeout(v)
+}
+
+/// The idle limit a Keep-Alive value gives (see [`app_keep_alive`]).
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    let v = std::str::from_utf8(value).ok()?;
     let secs: u64 = v
         .split(',')
         .find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse().ok())?;
@@ -654,10 +668,15 @@ impl Pool {
     // (not an async fn: an async block uses `req` in place, where an async fn's body copies
     // it into a local and holds both)
     #[allow(clippy::manual_async_fn)]
+    ///
+    /// With `pass`, a response over HTTP/1.1 comes with its header lines kept as lines to pass
+    /// on to the client ([`h1::Body::passed_head`]) and an empty header map: for usher's
+    /// HTTP/1.1 writer only.
     pub fn send(
         &self,
         mut req: Request<ReqBody>,
         client: IpAddr,
+        pass: bool,
     ) -> impl Future<Output = Result<Sent, (ProxyError, Arc<str>)>> + Send + '_ {
         async move {
             let idempotent = idempotent(req.method());
@@ -717,7 +736,7 @@ impl Pool {
                 let sent_at = if reused { started } else { Instant::now() };
                 let sent = tokio::time::timeout_at(
                     sent_at + self.response_timeout,
-                    conn.sender.try_send(req),
+                    conn.sender.try_send(req, pass),
                 )
                 .await;
                 match sent {
@@ -725,7 +744,7 @@ impl Pool {
                         let took = started.elapsed();
                         member.load.observe(took);
                         self.latency.observe(took);
-                        if let Some(app_limit) = keep_alive_timeout(response.headers()) {
+                        if let Some(app_limit) = app_keep_alive(&response) {
                             conn.idle_limit = conn.idle_limit.min(app_limit);
                         }
                         let mut read = None;
@@ -1022,7 +1041,7 @@ impl Pool {
             if self.protocol == UpstreamProtocol::H2c {
                 into_h2(&mut req, &host);
             }
-            let resp = conn.sender.try_send(req).await.ok()?;
+            let resp = conn.sender.try_send(req, false).await.ok()?;
             let s = resp.status().as_u16();
             Some((hc.status.0..=hc.status.1).contains(&s))
         };
@@ -1204,17 +1223,18 @@ mod tests {
 
     #[test]
     fn keep_alive_timeouts_are_learned_with_a_margin() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(keep_alive_timeout(&h), None);
-        h.insert("keep-alive", "timeout=5, max=100".parse().unwrap());
-        assert_eq!(keep_alive_timeout(&h), Some(Duration::from_millis(4500)));
-        h.insert("keep-alive", "max=100, timeout=2".parse().unwrap());
-        assert_eq!(keep_alive_timeout(&h), Some(Duration::from_millis(1500)));
+        assert_eq!(keep_alive_timeout(b"max=100"), None);
+        assert_eq!(
+            keep_alive_timeout(b"timeout=5, max=100"),
+            Some(Duration::from_millis(4500))
+        );
+        assert_eq!(
+            keep_alive_timeout(b"max=100, timeout=2"),
+            Some(Duration::from_millis(1500))
+        );
         // a connection the app keeps less than the margin is not pooled at all
-        h.insert("keep-alive", "timeout=0".parse().unwrap());
-        assert_eq!(keep_alive_timeout(&h), Some(Duration::ZERO));
-        h.insert("keep-alive", "timeout=soon".parse().unwrap());
-        assert_eq!(keep_alive_timeout(&h), None);
+        assert_eq!(keep_alive_timeout(b"timeout=0"), Some(Duration::ZERO));
+        assert_eq!(keep_alive_timeout(b"timeout=soon"), None);
     }
 
     #[test]

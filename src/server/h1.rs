@@ -25,7 +25,8 @@ use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::Writer;
 use crate::wire::{
-    has_token, parse_length, status_line, write_two, EncodedHead, Framer, Kind, GATHER,
+    has_token, header_name, parse_length, status_line, write_two, EncodedHead, Framer, Kind,
+    PassedHead, GATHER,
 };
 
 /// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
@@ -174,7 +175,7 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
         out.clear();
         let framing = match body.encoded_head() {
             Some((head, numbers)) => Some(encode_prepared(&mut out, head, numbers, is_head, close)),
-            None => encode_head(&mut out, &parts, &body, is_head, close),
+            None => encode_head(&mut out, &parts, body.passed_head(), &*body, is_head, close),
         };
         let framing = match framing {
             Some(f) => f,
@@ -258,7 +259,7 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     let mut close = false;
     let mut has_length = false;
     for h in parsed.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+        let Ok(name) = header_name(h.name.as_bytes()) else {
             return Parsed::Hyper;
         };
         match name {
@@ -332,10 +333,12 @@ struct Framing {
 /// Writes the status line and headers into `out` with hyper's rules (lowercase names, a
 /// Content-Length or chunked framing where the body allows, a cached Date, `connection:
 /// close` when closing). `None` for a head HTTP/1.1 cannot carry as is (a 1xx, a bad
-/// Content-Length).
+/// Content-Length). With `passed`, the app's header lines go as they came in place of the
+/// (empty) header map: hop-by-hop lines and the framing are already left out of them.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    passed: Option<&PassedHead>,
     body: &impl http_body::Body,
     is_head: bool,
     close: bool,
@@ -356,6 +359,15 @@ fn encode_head(
     let mut kind = None;
     let mut said_close = false;
     let mut wrote_date = false;
+    if let Some(p) = passed {
+        out.extend_from_slice(p.lines());
+        wrote_date = p.has_date();
+        // (HEAD keeps the length of what GET would send)
+        if let Some(n) = p.length().filter(|_| is_head) {
+            let _ = write!(out, "content-length: {n}\r\n");
+            kind = Some(Kind::Length(0));
+        }
+    }
     for (name, value) in &parts.headers {
         match *name {
             header::CONTENT_LENGTH => {
@@ -529,6 +541,7 @@ mod date {
 mod tests {
     use super::*;
     use crate::body::Body;
+    use crate::wire::Line;
     use http::Response;
 
     const LIMITS: HeadLimits = HeadLimits {
@@ -609,7 +622,7 @@ mod tests {
     fn head(resp: Response<Body>, is_head: bool, close: bool) -> (String, Framing) {
         let (parts, body) = resp.into_parts();
         let mut out = Vec::new();
-        let framing = encode_head(&mut out, &parts, &body, is_head, close).unwrap();
+        let framing = encode_head(&mut out, &parts, None, &body, is_head, close).unwrap();
         let text = String::from_utf8(out).unwrap();
         // (the date changes)
         let text = text
@@ -618,6 +631,34 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         (text, framing)
+    }
+
+    #[test]
+    fn passed_lines_go_as_they_are_with_usher_s_framing() {
+        let mut p = PassedHead::with_capacity(64);
+        p.push(Line::Other, b"Server", b"app");
+        let (parts, body) = Response::new(Body::full("hello")).into_parts();
+        let mut out = Vec::new();
+        let f = encode_head(&mut out, &parts, Some(&p), &body, false, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nServer: app\r\ncontent-length: 5\r\ndate: "),
+            "{text}"
+        );
+        assert_eq!(f.kind, Kind::Length(5));
+
+        // a HEAD: the app's length, no body; the app's Date, none of usher's
+        p.push(Line::Date, b"Date", b"x");
+        p.set_length(42);
+        let (parts, body) = Response::new(Body::empty()).into_parts();
+        let mut out = Vec::new();
+        let f = encode_head(&mut out, &parts, Some(&p), &body, true, true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: app\r\nDate: x\r\ncontent-length: 42\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(f.kind, Kind::Length(0));
+        assert!(f.close);
     }
 
     #[test]

@@ -26,7 +26,9 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ReqBody;
 use crate::body::BoxError;
-use crate::wire::{has_token, parse_length, poll_write_lean, Framer, Kind, GATHER};
+use crate::wire::{
+    has_token, header_name, parse_length, poll_write_lean, Framer, Kind, Line, PassedHead, GATHER,
+};
 
 mod batch;
 use batch::Batch;
@@ -230,8 +232,9 @@ impl Conn {
     }
 
     /// Sends `req` and reads the response head. The connection goes on with the response
-    /// body; an error leaves it closed.
-    pub async fn send(mut self, req: Request<ReqBody>) -> io::Result<Response<Body>> {
+    /// body; an error leaves it closed. With `pass`, the response's header map is empty and
+    /// its body holds the lines to pass on instead ([`Body::passed_head`]).
+    pub async fn send(mut self, req: Request<ReqBody>, pass: bool) -> io::Result<Response<Body>> {
         let (mut parts, mut body) = req.into_parts();
         let sending = encode_head(&mut self.out, &mut parts, &body)?;
         let whole = match sending {
@@ -242,7 +245,7 @@ impl Conn {
         let is_head = parts.method == Method::HEAD;
         loop {
             if !self.buf.is_empty() {
-                if let Some((head, mut decode, keep)) = parse_head(&mut self.buf, is_head)? {
+                if let Some((head, mut decode, keep)) = parse_head(&mut self.buf, is_head, pass)? {
                     settle(&mut decode, &mut self.buf);
                     let left = match decode {
                         Decode::Length(n) => Some(n - self.buf.len().min(n as usize) as u64),
@@ -254,6 +257,7 @@ impl Conn {
                         decode,
                         keep: keep && whole,
                         batch,
+                        passed: head.3,
                     });
                     *response.status_mut() = head.0;
                     *response.version_mut() = head.1;
@@ -426,13 +430,20 @@ fn chunk_size(buf: &[u8]) -> io::Result<Option<(usize, u64)>> {
     Ok(Some((lf + 1, size)))
 }
 
-/// A response head: status, version, headers.
-type Head = (StatusCode, Version, HeaderMap);
+/// A response head: status, version, headers, and in place of the headers the lines passed
+/// on as they are, when asked for (see [`PassedHead`]).
+type Head = (StatusCode, Version, HeaderMap, Option<PassedHead>);
 
 /// Parses the response head at the start of `buf` and splits it off: `None` while it is
 /// incomplete. A 1xx interim head is dropped and the next one parsed. Also returns how the
-/// body is framed and whether the connection may be reused after it.
-fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Decode, bool)>> {
+/// body is framed and whether the connection may be reused after it. With `pass`, the header
+/// lines are kept as lines for the client, hop-by-hop ones left out, instead of in a map
+/// (unless Connection names a header: the map and the proxy's strip take those).
+fn parse_head(
+    buf: &mut BytesMut,
+    is_head: bool,
+    mut pass: bool,
+) -> io::Result<Option<(Head, Decode, bool)>> {
     loop {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut offsets = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -468,6 +479,10 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
                 value as u32,
                 h.value.len() as u32,
             );
+            // a Connection that names a header: the map takes them, and the proxy's strip
+            pass &= !(h.name.len() == 10
+                && Line::of(h.name.as_bytes()) == Line::Connection
+                && !only_connection_options(h.value));
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| invalid("response status out of range"))?;
@@ -485,17 +500,19 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
+        let mut map = HeaderMap::with_capacity(if pass { 0 } else { count });
+        let mut passed = pass.then(|| PassedHead::with_capacity(len));
         let mut length = None;
         let mut chunked = None;
         let mut close = false;
         let mut keep_alive = false;
         for &(n, nl, v, vl) in &offsets[..count] {
-            let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
-                .map_err(|_| invalid("malformed response header name"))?;
-            let raw = &head[v as usize..(v + vl) as usize];
-            match name {
-                header::CONTENT_LENGTH => {
+            let (n, v) = (n as usize, v as usize);
+            let name = &head[n..n + nl as usize];
+            let raw = &head[v..v + vl as usize];
+            let line = Line::of(name);
+            match line {
+                Line::ContentLength => {
                     let n = parse_length(raw).ok_or_else(|| invalid("bad Content-Length"))?;
                     if length.is_some_and(|l| l != n) {
                         return Err(invalid("conflicting Content-Length headers"));
@@ -504,14 +521,14 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
                         continue;
                     }
                 }
-                header::TRANSFER_ENCODING => {
+                Line::TransferEncoding => {
                     // (only the last coding counts: chunked must be the final one)
                     let last = raw.rsplit(|b| *b == b',').next().unwrap_or_default();
                     chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                     // the body is decoded here: its framing is not passed on
                     continue;
                 }
-                header::CONNECTION => {
+                Line::Connection => {
                     close |= has_token(raw, b"close");
                     keep_alive |= has_token(raw, b"keep-alive");
                     // hop-by-hop: dropped here when it names no other header, so the proxy's
@@ -522,7 +539,17 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
                 }
                 _ => {}
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+            if let Some(p) = &mut passed {
+                match line {
+                    // (kept below: the writer sets the framing)
+                    Line::ContentLength | Line::HopByHop => {}
+                    Line::KeepAlive => p.set_keep_alive(head.slice(v..v + vl as usize)),
+                    _ => p.push(line, name, raw),
+                }
+                continue;
+            }
+            let name = header_name(name).map_err(|_| invalid("malformed response header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl as usize))
                 .map_err(|_| invalid("malformed response header value"))?;
             map.append(name, value);
         }
@@ -549,7 +576,13 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> io::Result<Option<(Head, Dec
                 keep = false;
                 Decode::Close
             };
-        return Ok(Some(((status, version, map), decode, keep)));
+        if let (Some(p), Some(n)) = (&mut passed, length) {
+            // (as the map keeps it: not beside chunked)
+            if is_head || chunked.is_none() {
+                p.set_length(n);
+            }
+        }
+        return Ok(Some(((status, version, map, passed), decode, keep)));
     }
 }
 
@@ -605,9 +638,21 @@ pub struct Body {
     keep: bool,
     /// Whether a long body is read in batches.
     batch: Batch,
+    /// The response's header lines, when they are passed on as they are.
+    passed: Option<PassedHead>,
 }
 
 impl Body {
+    /// The header lines passed on in place of the response's header map (see [`Conn::send`]).
+    pub fn passed_head(&self) -> Option<&PassedHead> {
+        self.passed.as_ref()
+    }
+
+    /// The same, taken out: for a response that needs its header map after all.
+    pub fn take_passed_head(&mut self) -> Option<PassedHead> {
+        self.passed.take()
+    }
+
     /// The connection back, when the body ended exactly where the next response would begin
     /// and both sides meant to keep it.
     pub fn reclaim(&mut self) -> Option<Conn> {
@@ -910,7 +955,7 @@ mod tests {
     }
 
     fn head(raw: &[u8], is_head: bool) -> io::Result<Option<(Head, Decode, bool)>> {
-        parse_head(&mut BytesMut::from(raw), is_head)
+        parse_head(&mut BytesMut::from(raw), is_head, false)
     }
 
     #[test]
@@ -948,7 +993,7 @@ mod tests {
             ),
             (Decode::Chunked(Chunk::Size), false)
         );
-        let ((.., map), ..) = head(
+        let ((_, _, map, _), ..) = head(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
             false,
         )
@@ -990,8 +1035,54 @@ mod tests {
     }
 
     #[test]
+    fn passed_heads_keep_end_to_end_lines_and_leave_the_rest_out() {
+        let passed = |raw: &[u8], is_head| {
+            let ((status, _, map, passed), decode, keep) =
+                parse_head(&mut BytesMut::from(raw), is_head, true)
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(status, StatusCode::OK);
+            (map, passed, decode, keep)
+        };
+        let raw = b"HTTP/1.1 200 OK\r\nServer: app\r\nConnection: keep-alive\r\n\
+            Keep-Alive: timeout=5, max=9\r\nSet-Cookie: a=1\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+            Proxy-Authenticate: Basic\r\nContent-Type: application/grpc\r\n\
+            Transfer-Encoding: chunked\r\nSet-Cookie: b=2\r\n\r\n";
+        let (map, p, decode, keep) = passed(raw, false);
+        assert!(map.is_empty(), "{map:?}");
+        let p = p.expect("lines passed");
+        assert_eq!(
+            p.lines(),
+            b"Server: app\r\nSet-Cookie: a=1\r\nContent-Type: application/grpc\r\nSet-Cookie: b=2\r\n"
+        );
+        assert!(p.is_stream() && !p.has_date());
+        assert_eq!(p.keep_alive(), Some(&b"timeout=5, max=9"[..]));
+        assert_eq!(p.length(), None);
+        assert_eq!((decode, keep), (Decode::Chunked(Chunk::Size), true));
+
+        // the length is kept aside: the writer sets the framing
+        let raw = b"HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 42\r\n\r\n";
+        let (_, p, decode, _) = passed(raw, false);
+        let p = p.unwrap();
+        assert_eq!((p.lines(), p.length()), (&b"Date: x\r\n"[..], Some(42)));
+        assert!(p.has_date());
+        assert_eq!(decode, Decode::Length(42));
+        let (_, p, decode, _) = passed(raw, true);
+        assert_eq!(p.unwrap().length(), Some(42));
+        assert_eq!(decode, Decode::Length(0));
+
+        // a Connection that names a header: the map, and the proxy's strip
+        let raw =
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n";
+        let (map, p, ..) = passed(raw, false);
+        assert!(p.is_none());
+        assert_eq!(map["connection"], "x-secret");
+        assert_eq!(map["x-secret"], "1");
+    }
+
+    #[test]
     fn interim_heads_are_skipped_and_bad_heads_refused() {
-        let ((status, _, map), ..) = head(
+        let ((status, _, map, _), ..) = head(
             b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nx: 1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
             false,
         )
@@ -1002,14 +1093,14 @@ mod tests {
         assert_eq!(map.get_all("content-length").iter().count(), 1);
         // framing and connection options are this hop's, and consumed here; a Connection
         // that names a header stays for the proxy's strip
-        let ((.., map), ..) = head(
+        let ((_, _, map, _), ..) = head(
             b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
             false,
         )
         .unwrap()
         .unwrap();
         assert!(map.is_empty(), "{map:?}");
-        let ((.., map), ..) = head(
+        let ((_, _, map, _), ..) = head(
             b"HTTP/1.1 200 OK\r\nconnection: close, x-secret\r\nx-secret: 1\r\ncontent-length: 0\r\n\r\n",
             false,
         )

@@ -144,6 +144,73 @@ async fn chunked_bodies_interim_heads_and_trailers_on_a_reused_connection() {
     assert_eq!(app.accepted(), 1, "one connection carried every request");
 }
 
+/// Reads one response off `s` whose body is `body_len` bytes: its head's lines (without the
+/// status line) and its body.
+async fn read_raw(s: &mut TcpStream, body_len: usize) -> (Vec<String>, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if buf.len() >= end + 4 + body_len {
+                let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+                let lines = head.split("\r\n").skip(1).map(str::to_owned).collect();
+                assert_eq!(buf.len(), end + 4 + body_len, "bytes after the response");
+                return (lines, buf[end + 4..].to_vec());
+            }
+        }
+        let got = bounded("a response", s.read(&mut chunk)).await.unwrap();
+        assert!(got > 0, "closed within the response: {buf:?}");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// On usher's HTTP/1.1 path a response's header lines reach the client as the app wrote
+/// them (no header map between): in order, repeated ones kept, names in their own case, the
+/// hop-by-hop ones left out; the framing is usher's, and a HEAD keeps GET's length.
+#[tokio::test]
+async fn the_apps_header_lines_reach_the_client_as_written_without_hop_by_hop_ones() {
+    let app = RawApp::start(|line| {
+        let head = b"HTTP/1.1 200 OK\r\nServer: app\r\nSet-Cookie: a=1\r\n\
+              Keep-Alive: timeout=5\r\nX-Mixed-Case: Yes\r\nProxy-Thing: x\r\nUpgrade: h2c\r\n\
+              Connection: keep-alive\r\nSet-Cookie: b=2\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n\
+              Content-Length: 5\r\n\r\n";
+        let answer: &'static [u8] = match line.starts_with("HEAD") {
+            true => head,
+            false => {
+                b"HTTP/1.1 200 OK\r\nServer: app\r\nSet-Cookie: a=1\r\n\
+              Keep-Alive: timeout=5\r\nX-Mixed-Case: Yes\r\nProxy-Thing: x\r\nUpgrade: h2c\r\n\
+              Connection: keep-alive\r\nSet-Cookie: b=2\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n\
+              Content-Length: 5\r\n\r\nhello"
+            }
+        };
+        (answer, After::Keep)
+    })
+    .await;
+    let usher = TestServer::start(&config(&app, "")).await;
+    let mut s = TcpStream::connect(usher.http).await.unwrap();
+    let expected = [
+        "Server: app",
+        "Set-Cookie: a=1",
+        "X-Mixed-Case: Yes",
+        "Set-Cookie: b=2",
+        "Date: Mon, 07 Dec 2026 20:00:00 GMT",
+        "content-length: 5",
+    ];
+    s.write_all(b"GET /lines HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (lines, body) = read_raw(&mut s, 5).await;
+    assert_eq!(lines, expected);
+    assert_eq!(body, b"hello");
+    s.write_all(b"HEAD /lines HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (lines, body) = read_raw(&mut s, 0).await;
+    assert_eq!(lines, expected, "a HEAD gets GET's head");
+    assert!(body.is_empty());
+    assert_eq!(app.accepted(), 1, "one connection carried both requests");
+}
+
 /// A body without a length runs to the close (an HTTP/1.0 app), and that connection is not
 /// used again.
 #[tokio::test]
