@@ -9,7 +9,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use usher::config::Config;
-use usher::headers::{set_forwarded, strip_hop_by_hop};
+use usher::headers::{set_forwarded, strip_hop_by_hop, Forwarding};
 use usher::routing::Routes;
 use usher::static_files::sanitize;
 
@@ -73,6 +73,20 @@ fn headers(c: &mut Criterion) {
             |h| {
                 strip_hop_by_hop(h);
                 set_forwarded(h, "192.0.2.1".parse().unwrap(), true, Some(&host));
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // what usher's HTTP/1.1 client does instead: the lines written after the request's own
+    c.bench_function("request headers with forwarding lines", |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| {
+                strip_hop_by_hop(h);
+                let f = Forwarding::take(h, "192.0.2.1".parse().unwrap(), true, Some(host.clone()));
+                out.clear();
+                f.write(&mut out);
             },
             criterion::BatchSize::SmallInput,
         )

@@ -23,7 +23,7 @@ use crate::buffer::{self, Buffers};
 use crate::cache::{self, After, Cache, Lookup};
 use crate::config::{BodyPolicy, Config, Timeouts};
 use crate::error::{ProxyError, Side, StartupError};
-use crate::headers::{host_without_port, list_items, set_forwarded, strip_hop_by_hop};
+use crate::headers::{host_without_port, list_items, strip_hop_by_hop, Forwarding};
 use crate::limits::RateLimiter;
 use crate::routing::{normalize_path, RouteAction, RouteEntry, Routes};
 use crate::server::ConnInfo;
@@ -406,6 +406,7 @@ fn forward<'a>(
         let (mut parts, body) = req.into_parts();
         // The host the request was routed by: :authority on HTTP/2 and absolute-form targets
         // (request_host made sure a Host header agrees or is ignored), else Host as the client sent it.
+        let from_authority = parts.uri.authority().is_some();
         let host = match parts.uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => parts.headers.get(header::HOST).cloned(),
@@ -420,8 +421,22 @@ fn forward<'a>(
                 .headers
                 .insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        set_forwarded(&mut parts.headers, conn.peer.ip(), conn.tls, host.as_ref());
-        if let Some(h) = &host {
+        // X-Forwarded-*: kept aside for the upstream client to add (usher's HTTP/1.1 client
+        // writes them as lines), set in the map here where it is read before the send: an
+        // upgrade goes through hyper's client, and cache keys may name them
+        let mut forwarding = Some(Forwarding::take(
+            &mut parts.headers,
+            conn.peer.ip(),
+            conn.tls,
+            host.clone(),
+        ));
+        if upgrade.is_some() || route.cache.is_some() {
+            if let Some(f) = forwarding.take() {
+                f.apply(&mut parts.headers);
+            }
+        }
+        // (Host as the client sent it is there already)
+        if let Some(h) = host.as_ref().filter(|_| from_authority) {
             parts.headers.insert(header::HOST, h.clone());
         }
         parts.version = Version::HTTP_11;
@@ -516,7 +531,12 @@ fn forward<'a>(
         // (the cache and its validators read the response's headers)
         let pass = encoded && pending.is_none() && invalidate.is_none();
         let sent = match pool
-            .send(Request::from_parts(parts, body), conn.peer.ip(), pass)
+            .send(
+                Request::from_parts(parts, body),
+                conn.peer.ip(),
+                pass,
+                forwarding.as_ref(),
+            )
             .await
         {
             Ok(sent) => sent,
@@ -656,7 +676,12 @@ async fn refresh_entry(
     // (the method the cache asks for: a GET where a HEAD was answered stale)
     parts.method = pending.method().clone();
     let sent = match pool
-        .send(Request::from_parts(parts, ReqBody::Empty), client, false)
+        .send(
+            Request::from_parts(parts, ReqBody::Empty),
+            client,
+            false,
+            None,
+        )
         .await
     {
         Ok(sent) => sent,

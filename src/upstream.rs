@@ -25,6 +25,7 @@ use crate::body::ClientBody;
 use crate::buffer::SpooledBody;
 use crate::config::{HealthCheck, Timeouts, UpstreamAddr, UpstreamPool, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::headers::Forwarding;
 use crate::metrics::Histo;
 
 pub mod balance;
@@ -154,9 +155,13 @@ impl Sender {
     /// see [`Pool::send`].
     async fn try_send(
         &mut self,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         pass: bool,
+        forwarding: Option<&Forwarding>,
     ) -> Result<Response<RespBody>, SendFailure> {
+        if let (Some(f), false) = (forwarding, matches!(self, Sender::Wire(_))) {
+            f.apply(req.headers_mut());
+        }
         let hyper = |mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
             let back = e.take_message();
             (back, e.into_error().into())
@@ -166,7 +171,7 @@ impl Sender {
                 let Sender::Wire(conn) = std::mem::replace(self, Sender::Lent) else {
                     unreachable!()
                 };
-                match conn.send(req, pass).await {
+                match conn.send(req, pass, forwarding).await {
                     Ok(r) => Ok(r.map(RespBody::Wire)),
                     Err(e) => Err((None, e.into())),
                 }
@@ -671,13 +676,15 @@ impl Pool {
     ///
     /// With `pass`, a response over HTTP/1.1 comes with its header lines kept as lines to pass
     /// on to the client ([`h1::Body::passed_head`]) and an empty header map: for usher's
-    /// HTTP/1.1 writer only.
-    pub fn send(
-        &self,
+    /// HTTP/1.1 writer only. `forwarding`: the X-Forwarded-* headers to add (see
+    /// [`Forwarding`]), on whichever connection the request goes.
+    pub fn send<'a>(
+        &'a self,
         mut req: Request<ReqBody>,
         client: IpAddr,
         pass: bool,
-    ) -> impl Future<Output = Result<Sent, (ProxyError, Arc<str>)>> + Send + '_ {
+        forwarding: Option<&'a Forwarding>,
+    ) -> impl Future<Output = Result<Sent, (ProxyError, Arc<str>)>> + Send + 'a {
         async move {
             let idempotent = idempotent(req.method());
             if self.protocol == UpstreamProtocol::H2c {
@@ -736,7 +743,7 @@ impl Pool {
                 let sent_at = if reused { started } else { Instant::now() };
                 let sent = tokio::time::timeout_at(
                     sent_at + self.response_timeout,
-                    conn.sender.try_send(req, pass),
+                    conn.sender.try_send(req, pass, forwarding),
                 )
                 .await;
                 match sent {
@@ -1041,7 +1048,7 @@ impl Pool {
             if self.protocol == UpstreamProtocol::H2c {
                 into_h2(&mut req, &host);
             }
-            let resp = conn.sender.try_send(req, false).await.ok()?;
+            let resp = conn.sender.try_send(req, false, None).await.ok()?;
             let s = resp.status().as_u16();
             Some((hc.status.0..=hc.status.1).contains(&s))
         };

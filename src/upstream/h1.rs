@@ -26,8 +26,9 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::ReqBody;
 use crate::body::BoxError;
+use crate::headers::Forwarding;
 use crate::wire::{
-    has_token, header_name, parse_length, poll_write_lean, Framer, Kind, Line, PassedHead, GATHER,
+    header_name, parse_length, poll_write_lean, Framer, Kind, Line, PassedHead, GATHER,
 };
 
 mod batch;
@@ -234,9 +235,14 @@ impl Conn {
     /// Sends `req` and reads the response head. The connection goes on with the response
     /// body; an error leaves it closed. With `pass`, the response's header map is empty and
     /// its body holds the lines to pass on instead ([`Body::passed_head`]).
-    pub async fn send(mut self, req: Request<ReqBody>, pass: bool) -> io::Result<Response<Body>> {
+    pub async fn send(
+        mut self,
+        req: Request<ReqBody>,
+        pass: bool,
+        forwarding: Option<&Forwarding>,
+    ) -> io::Result<Response<Body>> {
         let (mut parts, mut body) = req.into_parts();
-        let sending = encode_head(&mut self.out, &mut parts, &body)?;
+        let sending = encode_head(&mut self.out, &mut parts, &body, forwarding)?;
         let whole = match sending {
             Kind::Length(0) => self.write_out(&[]).await,
             _ => self.write_body(&mut body, sending).await?,
@@ -331,6 +337,7 @@ fn encode_head(
     out: &mut Vec<u8>,
     parts: &mut http::request::Parts,
     body: &ReqBody,
+    forwarding: Option<&Forwarding>,
 ) -> io::Result<Kind> {
     // framing is this connection's to choose
     parts.headers.remove(header::TRANSFER_ENCODING);
@@ -371,6 +378,9 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = forwarding {
+        f.write(out);
     }
     out.extend_from_slice(b"\r\n");
     Ok(sending)
@@ -482,7 +492,7 @@ fn parse_head(
             // a Connection that names a header: the map takes them, and the proxy's strip
             pass &= !(h.name.len() == 10
                 && Line::of(h.name.as_bytes()) == Line::Connection
-                && !only_connection_options(h.value));
+                && connection_options(h.value).names_other);
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| invalid("response status out of range"))?;
@@ -529,11 +539,12 @@ fn parse_head(
                     continue;
                 }
                 Line::Connection => {
-                    close |= has_token(raw, b"close");
-                    keep_alive |= has_token(raw, b"keep-alive");
+                    let o = connection_options(raw);
+                    close |= o.close;
+                    keep_alive |= o.keep_alive;
                     // hop-by-hop: dropped here when it names no other header, so the proxy's
                     // strip finds nothing to do on the usual response
-                    if only_connection_options(raw) {
+                    if !o.names_other {
                         continue;
                     }
                 }
@@ -586,12 +597,33 @@ fn parse_head(
     }
 }
 
-/// Whether a Connection value holds only `keep-alive` and `close`: it names no header.
-fn only_connection_options(value: &[u8]) -> bool {
-    value.split(|b| *b == b',').all(|t| {
+/// What a Connection value says: `close`, `keep-alive`, and whether it names anything else
+/// (a header, hop-by-hop for this response).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+    names_other: bool,
+}
+
+fn connection_options(value: &[u8]) -> ConnectionOptions {
+    let mut o = ConnectionOptions::default();
+    // (the usual values, in one comparison)
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        o.keep_alive = true;
+        return o;
+    }
+    for t in value.split(|b| *b == b',') {
         let t = t.trim_ascii();
-        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-    })
+        if t.eq_ignore_ascii_case(b"close") {
+            o.close = true;
+        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            o.keep_alive = true;
+        } else if !t.is_empty() {
+            o.names_other = true;
+        }
+    }
+    o
 }
 
 /// Where a response body is.
@@ -1035,6 +1067,27 @@ mod tests {
     }
 
     #[test]
+    fn connection_values_are_read_in_one_pass() {
+        let o = |close, keep_alive, names_other| ConnectionOptions {
+            close,
+            keep_alive,
+            names_other,
+        };
+        assert_eq!(connection_options(b"Keep-Alive"), o(false, true, false));
+        assert_eq!(connection_options(b"close"), o(true, false, false));
+        assert_eq!(
+            connection_options(b" close ,, KEEP-ALIVE"),
+            o(true, true, false)
+        );
+        assert_eq!(
+            connection_options(b"keep-alive, x-secret"),
+            o(false, true, true)
+        );
+        assert_eq!(connection_options(b"closed"), o(false, false, true));
+        assert_eq!(connection_options(b""), o(false, false, false));
+    }
+
+    #[test]
     fn passed_heads_keep_end_to_end_lines_and_leave_the_rest_out() {
         let passed = |raw: &[u8], is_head| {
             let ((status, _, map, passed), decode, keep) =
@@ -1173,7 +1226,7 @@ mod tests {
             }
             let (mut parts, ()) = req.into_parts();
             let mut out = Vec::new();
-            let sending = encode_head(&mut out, &mut parts, &body).unwrap();
+            let sending = encode_head(&mut out, &mut parts, &body, None).unwrap();
             (String::from_utf8(out).unwrap(), sending)
         };
         let (text, sending) = encode(
@@ -1186,5 +1239,21 @@ mod tests {
         let (text, sending) = encode(Method::POST, &[("content-length", "0")], ReqBody::Empty);
         assert_eq!(text, "POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(sending, Kind::Length(0));
+
+        // the X-Forwarded-* lines come last
+        let mut parts = Request::new(()).into_parts().0;
+        parts.headers.insert("host", "a".parse().unwrap());
+        let f = Forwarding::take(
+            &mut parts.headers,
+            "192.0.2.7".parse().unwrap(),
+            false,
+            None,
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &mut parts, &ReqBody::Empty, Some(&f)).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\r\n"
+        );
     }
 }
