@@ -568,8 +568,11 @@ fn forward<'a>(
                 cache.invalidate(&key, key_headers);
             }
         }
-        let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
-            .already_read(sent.read);
+        // (boxed at once: it is large, and a box moves as a pointer from here on)
+        let mut body = Box::new(
+            UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
+                .already_read(sent.read),
+        );
         if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
             if parts.status.is_server_error() {
                 if let Some(resp) = cache.stale_on_error(p, rc) {
@@ -615,15 +618,9 @@ fn forward<'a>(
             .passed_head()
             .map_or_else(|| is_stream(&parts), PassedHead::is_stream);
         if !policy.buffer_responses || body.is_end_stream() || fits_in_flight || stream {
-            return Ok(Response::from_parts(
-                parts,
-                Body::Upstream {
-                    body: Box::new(body),
-                },
-            ));
+            return Ok(Response::from_parts(parts, Body::Upstream { body }));
         }
         // (the bodies below carry no lines of their own: back to a header map)
-        let mut body = body;
         if let Some(passed) = body.take_passed_head() {
             parts.headers = passed.into_headers();
         }
@@ -633,7 +630,7 @@ fn forward<'a>(
         let small =
             declared.filter(|n| *n <= HOLD_LIMIT.min(proxy.buffers.response_memory()) as u64);
         let body = match small {
-            Some(len) => match buffer::hold_response(body, len, &proxy.buffers).await {
+            Some(len) => match buffer::hold_response(*body, len, &proxy.buffers).await {
                 Ok(Ok(held)) => Body::Held {
                     body: Box::new(held),
                 },
@@ -651,7 +648,7 @@ fn forward<'a>(
             },
             None => Body::Spooled {
                 body: Box::new(buffer::spool_response(
-                    body,
+                    *body,
                     &proxy.buffers,
                     &proxy.timeouts,
                 )),
