@@ -231,11 +231,12 @@ const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 fn app_keep_alive(response: &Response<RespBody>) -> Option<Duration> {
     // (a name, not a string: a string key is parsed into a name on every lookup)
     const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-    let v = match response.body() {
-        RespBody::Wire(b) if b.passed_head().is_some() => b.passed_head()?.keep_alive()?,
-        _ => response.headers().get(&KEEP_ALIVE)?.as_bytes(),
-    };
-    keep_alive_timeout(v)
+    if let RespBody::Wire(b) = response.body() {
+        if let Some(p) = b.passed_head() {
+            return p.keep_alive();
+        }
+    }
+    keep_alive_timeout(response.headers().get(&KEEP_ALIVE)?.as_bytes())
 }
 
 /// The idle limit a Keep-Alive value gives (see [`app_keep_alive`]).

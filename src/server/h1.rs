@@ -8,7 +8,7 @@
 //! with the bytes read so far, which answers exactly as it always has.
 
 use std::future::{poll_fn, Future};
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +25,8 @@ use super::{ConnInfo, Shared, WatchLimits};
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::Writer;
 use crate::wire::{
-    has_token, header_name, parse_length, status_line, write_two, EncodedHead, Framer, Kind,
-    PassedHead, GATHER,
+    content_length, has_token, header_name, parse_length, status_line, write_two, EncodedHead,
+    Framer, Kind, PassedHead, GATHER,
 };
 
 /// Most header lines the fast path parses (on the stack); a request with more goes to hyper,
@@ -364,7 +364,7 @@ fn encode_head(
         wrote_date = p.has_date();
         // (HEAD keeps the length of what GET would send)
         if let Some(n) = p.length().filter(|_| is_head) {
-            let _ = write!(out, "content-length: {n}\r\n");
+            content_length(out, n);
             kind = Some(Kind::Length(0));
         }
     }
@@ -421,7 +421,7 @@ fn encode_head(
             }
             Some(Some(n)) => {
                 if !no_length {
-                    let _ = write!(out, "content-length: {n}\r\n");
+                    content_length(out, n);
                 }
                 Kind::Length(n)
             }

@@ -456,7 +456,6 @@ fn parse_head(
 ) -> io::Result<Option<(Head, Decode, bool)>> {
     loop {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut offsets = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut parsed,
@@ -473,29 +472,12 @@ fn parse_head(
         if len > MAX_HEAD {
             return Err(invalid("response head too long"));
         }
-        let code = parsed.code.unwrap_or(0);
         let version = match parsed.version {
             Some(1) => Version::HTTP_11,
             _ => Version::HTTP_10,
         };
-        let count = parsed.headers.len();
-        let base = buf.as_ptr() as usize;
-        for (o, h) in offsets.iter_mut().zip(parsed.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *o = (
-                name as u32,
-                h.name.len() as u32,
-                value as u32,
-                h.value.len() as u32,
-            );
-            // a Connection that names a header: the map takes them, and the proxy's strip
-            pass &= !(h.name.len() == 10
-                && Line::of(h.name.as_bytes()) == Line::Connection
-                && connection_options(h.value).names_other);
-        }
-        let status =
-            StatusCode::from_u16(code).map_err(|_| invalid("response status out of range"))?;
+        let status = StatusCode::from_u16(parsed.code.unwrap_or(0))
+            .map_err(|_| invalid("response status out of range"))?;
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(invalid(
@@ -509,61 +491,69 @@ fn parse_head(
             }
             continue;
         }
-        let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(if pass { 0 } else { count });
-        let mut passed = pass.then(|| PassedHead::with_capacity(len));
-        let mut length = None;
-        let mut chunked = None;
-        let mut close = false;
-        let mut keep_alive = false;
-        for &(n, nl, v, vl) in &offsets[..count] {
-            let (n, v) = (n as usize, v as usize);
-            let name = &head[n..n + nl as usize];
-            let raw = &head[v..v + vl as usize];
-            let line = Line::of(name);
-            match line {
-                Line::ContentLength => {
-                    let n = parse_length(raw).ok_or_else(|| invalid("bad Content-Length"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(invalid("conflicting Content-Length headers"));
-                    }
-                    if length.replace(n).is_some() {
-                        continue;
-                    }
-                }
-                Line::TransferEncoding => {
-                    // (only the last coding counts: chunked must be the final one)
-                    let last = raw.rsplit(|b| *b == b',').next().unwrap_or_default();
-                    chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                    // the body is decoded here: its framing is not passed on
+        // a Connection that names a header: the map takes them, and the proxy's strip
+        pass &= !parsed.headers.iter().any(|h| {
+            h.name.len() == 10
+                && Line::of(h.name.as_bytes()) == Line::Connection
+                && connection_options(h.value).names_other
+        });
+        let mut framing = Framing::default();
+        let (map, mut passed) = if pass {
+            // the lines are copied as they are read: the head's bytes are let go at once
+            let mut p = PassedHead::with_capacity(len);
+            for h in parsed.headers.iter() {
+                let (name, raw) = (h.name.as_bytes(), h.value);
+                let line = Line::of(name);
+                if !framing.read(line, raw)? {
                     continue;
                 }
-                Line::Connection => {
-                    let o = connection_options(raw);
-                    close |= o.close;
-                    keep_alive |= o.keep_alive;
-                    // hop-by-hop: dropped here when it names no other header, so the proxy's
-                    // strip finds nothing to do on the usual response
-                    if !o.names_other {
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            if let Some(p) = &mut passed {
                 match line {
                     // (kept below: the writer sets the framing)
                     Line::ContentLength | Line::HopByHop => {}
-                    Line::KeepAlive => p.set_keep_alive(head.slice(v..v + vl as usize)),
+                    Line::KeepAlive => p.set_keep_alive(super::keep_alive_timeout(raw)),
                     _ => p.push(line, name, raw),
                 }
-                continue;
             }
-            let name = header_name(name).map_err(|_| invalid("malformed response header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl as usize))
-                .map_err(|_| invalid("malformed response header value"))?;
-            map.append(name, value);
-        }
+            buf.advance(len);
+            (HeaderMap::new(), Some(p))
+        } else {
+            // the values share the head's bytes: where each line is, then the head split off
+            let count = parsed.headers.len();
+            let mut offsets = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let base = buf.as_ptr() as usize;
+            for (o, h) in offsets.iter_mut().zip(parsed.headers.iter()) {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                *o = (
+                    name as u32,
+                    h.name.len() as u32,
+                    value as u32,
+                    h.value.len() as u32,
+                );
+            }
+            let head = buf.split_to(len).freeze();
+            let mut map = HeaderMap::with_capacity(count);
+            for &(n, nl, v, vl) in &offsets[..count] {
+                let (n, v) = (n as usize, v as usize);
+                let name = &head[n..n + nl as usize];
+                if !framing.read(Line::of(name), &head[v..v + vl as usize])? {
+                    continue;
+                }
+                let name =
+                    header_name(name).map_err(|_| invalid("malformed response header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl as usize))
+                    .map_err(|_| invalid("malformed response header value"))?;
+                map.append(name, value);
+            }
+            (map, None)
+        };
+        let Framing {
+            length,
+            chunked,
+            close,
+            keep_alive,
+        } = framing;
+        let mut map = map;
         let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
         let decode =
             if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -594,6 +584,48 @@ fn parse_head(
             }
         }
         return Ok(Some(((status, version, map, passed), decode, keep)));
+    }
+}
+
+/// What a response head's lines say of its framing and its connection.
+#[derive(Debug, Default)]
+struct Framing {
+    length: Option<u64>,
+    /// Transfer-Encoding, and whether its last coding is chunked.
+    chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Framing {
+    /// Takes in one line; false for a line that goes no further: this hop's framing and
+    /// connection options, a repeated Content-Length.
+    fn read(&mut self, line: Line, raw: &[u8]) -> io::Result<bool> {
+        match line {
+            Line::ContentLength => {
+                let n = parse_length(raw).ok_or_else(|| invalid("bad Content-Length"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(invalid("conflicting Content-Length headers"));
+                }
+                Ok(self.length.replace(n).is_none())
+            }
+            Line::TransferEncoding => {
+                // (only the last coding counts: chunked must be the final one)
+                let last = raw.rsplit(|b| *b == b',').next().unwrap_or_default();
+                self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                // the body is decoded here: its framing is not passed on
+                Ok(false)
+            }
+            Line::Connection => {
+                let o = connection_options(raw);
+                self.close |= o.close;
+                self.keep_alive |= o.keep_alive;
+                // hop-by-hop: dropped here when it names no other header, so the proxy's
+                // strip finds nothing to do on the usual response
+                Ok(o.names_other)
+            }
+            _ => Ok(true),
+        }
     }
 }
 
@@ -1109,7 +1141,7 @@ mod tests {
             b"Server: app\r\nSet-Cookie: a=1\r\nContent-Type: application/grpc\r\nSet-Cookie: b=2\r\n"
         );
         assert!(p.is_stream() && !p.has_date());
-        assert_eq!(p.keep_alive(), Some(&b"timeout=5, max=9"[..]));
+        assert_eq!(p.keep_alive(), Some(std::time::Duration::from_millis(4500)));
         assert_eq!(p.length(), None);
         assert_eq!((decode, keep), (Decode::Chunked(Chunk::Size), true));
 
