@@ -303,8 +303,9 @@ impl PassedHead {
     pub fn push(&mut self, line: Line, name: &[u8], value: &[u8]) {
         match line {
             Line::Date => self.has_date = true,
+            // (any of them: a stream is never held back)
             Line::ContentType => {
-                self.stream = value.starts_with(b"text/event-stream")
+                self.stream |= value.starts_with(b"text/event-stream")
                     || value.starts_with(b"application/grpc")
             }
             _ => {}
