@@ -290,6 +290,24 @@ async fn an_idle_pooled_connection_is_closed_on_time_without_traffic() {
     assert_eq!(app.accepted(), 1);
 }
 
+/// The idle limit an app announces (`Keep-Alive: timeout=1`, less usher's half-second margin)
+/// is learned from a response passed on as it came, and the connection closed on it, long
+/// before the pool's own limit.
+#[tokio::test]
+async fn an_apps_keep_alive_timeout_is_learned_from_a_passed_response() {
+    const ANNOUNCED: &[u8] =
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\ncontent-length: 2\r\n\r\nok";
+    let (app, _usher, mut c) = app_behind_usher(|_| (ANNOUNCED, After::Keep), "60s").await;
+    let r = c.get("app.test", "/").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "ok".into()));
+    assert!(r.headers.get("keep-alive").is_none(), "hop-by-hop");
+    eventually("usher closed the connection on the app's limit", || {
+        app.closed() == 1
+    })
+    .await;
+    assert_eq!(app.accepted(), 1);
+}
+
 /// A pooled connection the app closed (its keep-alive timer, say) is let go within a sweep
 /// (5 s at most), with no request to come upon it and long before the pool's own idle limit.
 #[tokio::test]
