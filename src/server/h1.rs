@@ -255,7 +255,7 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     };
     // the names are checked and copied now; the values and the target are shared with the
     // head's bytes, split off once the parse lets go of them
-    let mut names = Vec::with_capacity(parsed.headers.len());
+    let mut names = Names::new();
     let mut close = false;
     let mut has_length = false;
     for h in parsed.headers.iter() {
@@ -277,7 +277,7 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     }
     let target = (offset(buf, path.as_bytes()), path.len());
     let head = buf.split_to(len).freeze();
-    match request(&head, method, target, names) {
+    match request(&head, method, target, &mut names) {
         Some(req) => Parsed::Request(req, close),
         None => {
             // (a target `http` refuses, such as `/a<b`, that httparse let through: the head goes
@@ -291,20 +291,25 @@ fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     }
 }
 
-/// Headers a proxied request gains (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`).
+/// Headers a proxied request may gain in its map (`X-Forwarded-For`, `-Proto`, `-Host`, on a
+/// caching route or to an HTTP/2 app; usher's HTTP/1.1 client writes them as lines).
 const FORWARDING_ROOM: usize = 4;
+
+/// A head's header names and where their values are, on the stack for the usual head (a
+/// browser sends about 15): no allocation per request.
+type Names = smallvec::SmallVec<[(HeaderName, usize, usize); 16]>;
 
 /// The request of a parsed head: its target and header values share `head`'s bytes.
 fn request(
     head: &Bytes,
     method: Method,
     (at, len): (usize, usize),
-    names: Vec<(HeaderName, usize, usize)>,
+    names: &mut Names,
 ) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
-    // (room for the forwarding headers a proxied request gets: no regrowth on the way)
+    // (room for the forwarding headers a proxied request may get: no regrowth on the way)
     let mut map = HeaderMap::with_capacity(names.len() + FORWARDING_ROOM);
-    for (name, at, len) in names {
+    for (name, at, len) in names.drain(..) {
         map.append(
             name,
             HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?,
