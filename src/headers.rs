@@ -269,6 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn the_hop_by_hop_set_is_the_same_for_passed_lines() {
+        use crate::wire::Line;
+        // (a response passed on as lines is stripped by `Line::of`, not by this module)
+        for name in HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(["proxy-authenticate"])
+        {
+            let line = Line::of(name.as_bytes());
+            assert!(
+                !matches!(
+                    line,
+                    Line::Other | Line::Date | Line::ContentType | Line::ContentLength
+                ),
+                "{name} would be passed on: {line:?}"
+            );
+        }
+        assert_eq!(Line::of(b"trailer"), Line::Other, "end to end");
+    }
+
+    #[test]
     fn forwarding_lines_say_what_the_map_would() {
         let host = HeaderValue::from_static("example.com");
         let ip: IpAddr = "192.0.2.7".parse().unwrap();

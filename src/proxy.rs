@@ -424,17 +424,14 @@ fn forward<'a>(
         // X-Forwarded-*: kept aside for the upstream client to add (usher's HTTP/1.1 client
         // writes them as lines), set in the map here where it is read before the send: an
         // upgrade goes through hyper's client, and cache keys may name them
-        let mut forwarding = Some(Forwarding::take(
-            &mut parts.headers,
-            conn.peer.ip(),
-            conn.tls,
-            host.clone(),
-        ));
-        if upgrade.is_some() || route.cache.is_some() {
-            if let Some(f) = forwarding.take() {
-                f.apply(&mut parts.headers);
-            }
-        }
+        let forwarding =
+            Forwarding::take(&mut parts.headers, conn.peer.ip(), conn.tls, host.clone());
+        let forwarding = if upgrade.is_some() || route.cache.is_some() {
+            forwarding.apply(&mut parts.headers);
+            None
+        } else {
+            Some(forwarding)
+        };
         // (Host as the client sent it is there already)
         if let Some(h) = host.as_ref().filter(|_| from_authority) {
             parts.headers.insert(header::HOST, h.clone());

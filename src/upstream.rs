@@ -159,8 +159,11 @@ impl Sender {
         pass: bool,
         forwarding: Option<&Forwarding>,
     ) -> Result<Response<RespBody>, SendFailure> {
-        if let (Some(f), false) = (forwarding, matches!(self, Sender::Wire(_))) {
-            f.apply(req.headers_mut());
+        // (usher's own client writes them as lines; hyper's take them in the map)
+        if !matches!(self, Sender::Wire(_)) {
+            if let Some(f) = forwarding {
+                f.apply(req.headers_mut());
+            }
         }
         let hyper = |mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
             let back = e.take_message();

@@ -498,7 +498,7 @@ fn parse_head(
                 && connection_options(h.value).names_other
         });
         let mut framing = Framing::default();
-        let (map, mut passed) = if pass {
+        let (mut map, mut passed) = if pass {
             // the lines are copied as they are read: the head's bytes are let go at once
             let mut p = PassedHead::with_capacity(len);
             for h in parsed.headers.iter() {
@@ -553,7 +553,6 @@ fn parse_head(
             close,
             keep_alive,
         } = framing;
-        let mut map = map;
         let mut keep = !close && (version == Version::HTTP_11 || keep_alive);
         let decode =
             if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
