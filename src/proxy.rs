@@ -527,13 +527,9 @@ fn forward<'a>(
         let body = request_body(proxy, policy, &mut parts, body).await?;
         // (the cache and its validators read the response's headers)
         let pass = encoded && pending.is_none() && invalidate.is_none();
+        let mut upstream_req = Request::from_parts(parts, body);
         let sent = match pool
-            .send(
-                Request::from_parts(parts, body),
-                conn.peer.ip(),
-                pass,
-                forwarding.as_ref(),
-            )
+            .send(&mut upstream_req, conn.peer.ip(), pass, forwarding.as_ref())
             .await
         {
             Ok(sent) => sent,
@@ -553,6 +549,8 @@ fn forward<'a>(
                 };
             }
         };
+        // (what is left of the request: its map, and a client body at most partly read)
+        drop(upstream_req);
         tail.upstream = Some(sent.upstream);
         let (mut parts, body) = sent.response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -669,15 +667,8 @@ async fn refresh_entry(
     parts.headers.extend(pending.revalidate.clone());
     // (the method the cache asks for: a GET where a HEAD was answered stale)
     parts.method = pending.method().clone();
-    let sent = match pool
-        .send(
-            Request::from_parts(parts, ReqBody::Empty),
-            client,
-            false,
-            None,
-        )
-        .await
-    {
+    let mut req = Request::from_parts(parts, ReqBody::Empty);
+    let sent = match pool.send(&mut req, client, false, None).await {
         Ok(sent) => sent,
         Err((e, _)) => {
             tracing::debug!(error = %e, "background refresh of a cache entry failed");

@@ -147,15 +147,17 @@ enum Sender {
     Lent,
 }
 
-/// Why a request failed on a connection: the request back when it was never sent.
-type SendFailure = (Option<Request<ReqBody>>, crate::body::BoxError);
+/// Why a request failed on a connection, and whether the request is as it was before
+/// (never sent: it can go again as it is).
+type SendFailure = (bool, crate::body::BoxError);
 
 impl Sender {
-    /// Sends `req`; a request the connection never took is handed back in the error. `pass`:
-    /// see [`Pool::send`].
+    /// Sends `req`: borrowed, so that it is not copied into each layer's future on the way
+    /// (264 bytes a move). usher's own client consumes its body; hyper's take the request and
+    /// hand it back, into `req`, when the connection never took it. `pass`: see [`Pool::send`].
     async fn try_send(
         &mut self,
-        mut req: Request<ReqBody>,
+        req: &mut Request<ReqBody>,
         pass: bool,
         forwarding: Option<&Forwarding>,
     ) -> Result<Response<RespBody>, SendFailure> {
@@ -165,10 +167,13 @@ impl Sender {
                 f.apply(req.headers_mut());
             }
         }
-        let hyper = |mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
-            let back = e.take_message();
-            (back, e.into_error().into())
-        };
+        let owned =
+            |req: &mut Request<ReqBody>| std::mem::replace(req, Request::new(ReqBody::Empty));
+        let hyper =
+            |req: &mut Request<ReqBody>, mut e: TrySendError<Request<ReqBody>>| -> SendFailure {
+                let back = e.take_message().map(|back| *req = back).is_some();
+                (back, e.into_error().into())
+            };
         match self {
             Sender::Wire(_) => {
                 let Sender::Wire(conn) = std::mem::replace(self, Sender::Lent) else {
@@ -176,18 +181,18 @@ impl Sender {
                 };
                 match conn.send(req, pass, forwarding).await {
                     Ok(r) => Ok(r.map(RespBody::Wire)),
-                    Err(e) => Err((None, e.into())),
+                    Err(e) => Err((false, e.into())),
                 }
             }
-            Sender::H1(s) => match s.try_send_request(req).await {
+            Sender::H1(s) => match s.try_send_request(owned(req)).await {
                 Ok(r) => Ok(r.map(RespBody::Hyper)),
-                Err(e) => Err(hyper(e)),
+                Err(e) => Err(hyper(req, e)),
             },
-            Sender::H2(s) => match s.try_send_request(req).await {
+            Sender::H2(s) => match s.try_send_request(owned(req)).await {
                 Ok(r) => Ok(r.map(RespBody::Hyper)),
-                Err(e) => Err(hyper(e)),
+                Err(e) => Err(hyper(req, e)),
             },
-            Sender::Lent => Err((Some(req), "connection already in use".into())),
+            Sender::Lent => Err((true, "connection already in use".into())),
         }
     }
 }
@@ -674,17 +679,19 @@ impl Pool {
     /// (the keep-alive race: the app closed it, so it never saw the request). An idempotent
     /// request that could be sent again has a small response body read whole here
     /// (`READ_AHEAD`), so a failure between head and body is retried too.
-    // (not an async fn: an async block uses `req` in place, where an async fn's body copies
-    // it into a local and holds both)
-    #[allow(clippy::manual_async_fn)]
     ///
     /// With `pass`, a response over HTTP/1.1 comes with its header lines kept as lines to pass
     /// on to the client ([`h1::Body::passed_head`]) and an empty header map: for usher's
     /// HTTP/1.1 writer only. `forwarding`: the X-Forwarded-* headers to add (see
     /// [`Forwarding`]), on whichever connection the request goes.
+    ///
+    /// `req` is borrowed (see [`Sender::try_send`]); what is left of it afterwards is for the
+    /// caller to drop.
+    // (not an async fn: see `Proxy::handle`)
+    #[allow(clippy::manual_async_fn)]
     pub fn send<'a>(
         &'a self,
-        mut req: Request<ReqBody>,
+        req: &'a mut Request<ReqBody>,
         client: IpAddr,
         pass: bool,
         forwarding: Option<&'a Forwarding>,
@@ -692,7 +699,7 @@ impl Pool {
         async move {
             let idempotent = idempotent(req.method());
             if self.protocol == UpstreamProtocol::H2c {
-                into_h2(&mut req, "localhost");
+                into_h2(req, "localhost");
             }
             let mut tried: u64 = 0;
             let pool_slot = self
@@ -739,7 +746,7 @@ impl Pool {
                 // could take the retry: with one member, a connection that fails mid-request
                 // means the app itself failed, and a retry would meet the same fate.
                 let copy = if (racy || idempotent && self.members.len() > 1) && retry_left {
-                    replay_copy(&req)
+                    replay_copy(req)
                 } else {
                     None
                 };
@@ -760,22 +767,23 @@ impl Pool {
                         }
                         let mut read = None;
                         // the app saw the request, so only an idempotent one is sent again
-                        if let Some(copy) = copy.filter(|_| idempotent) {
-                            if self.reads_ahead(&response) {
-                                let body = http_body_util::BodyExt::collect(response.body_mut());
-                                match tokio::time::timeout(self.response_timeout, body).await {
-                                    Ok(Ok(whole)) => read = Some(whole.to_bytes()),
-                                    failed => {
-                                        let error = match failed {
-                                            Ok(Err(e)) => e.to_string(),
-                                            _ => "timed out".to_owned(),
-                                        };
-                                        tracing::debug!(upstream = %member.label, %error, "upstream failed within the response body; sending again");
-                                        self.failed(member);
-                                        self.retried.fetch_add(1, Ordering::Relaxed);
-                                        req = copy;
-                                        continue;
+                        // (`copy` is looked at in place: moved, it was copied whole)
+                        if idempotent && copy.is_some() && self.reads_ahead(&response) {
+                            let body = http_body_util::BodyExt::collect(response.body_mut());
+                            match tokio::time::timeout(self.response_timeout, body).await {
+                                Ok(Ok(whole)) => read = Some(whole.to_bytes()),
+                                failed => {
+                                    let error = match failed {
+                                        Ok(Err(e)) => e.to_string(),
+                                        _ => "timed out".to_owned(),
+                                    };
+                                    tracing::debug!(upstream = %member.label, %error, "upstream failed within the response body; sending again");
+                                    self.failed(member);
+                                    self.retried.fetch_add(1, Ordering::Relaxed);
+                                    if let Some(copy) = copy {
+                                        *req = copy;
                                     }
+                                    continue;
                                 }
                             }
                         }
@@ -794,12 +802,13 @@ impl Pool {
                     }
                     Ok(Err((unsent, error))) => {
                         match (unsent, copy) {
-                            (Some(back), _) if retry_left => req = back,
+                            // (`req` is as it was)
+                            (true, _) if retry_left => {}
                             // a non-idempotent request is sent again only when the connection
                             // failed at once, as one the app had closed does: a failure after the
                             // app had time to work on it (a worker killed mid-request) may have
                             // left effects
-                            (None, Some(copy))
+                            (false, Some(copy))
                                 if idempotent || sent_at.elapsed() < RACE_FAILURE =>
                             {
                                 // a connection that sat idle was most likely closed by the app's
@@ -807,7 +816,7 @@ impl Pool {
                                 if !racy {
                                     self.failed(member);
                                 }
-                                req = copy;
+                                *req = copy;
                             }
                             _ => {
                                 self.failed(member);
@@ -1052,7 +1061,7 @@ impl Pool {
             if self.protocol == UpstreamProtocol::H2c {
                 into_h2(&mut req, &host);
             }
-            let resp = conn.sender.try_send(req, false, None).await.ok()?;
+            let resp = conn.sender.try_send(&mut req, false, None).await.ok()?;
             let s = resp.status().as_u16();
             Some((hc.status.0..=hc.status.1).contains(&s))
         };

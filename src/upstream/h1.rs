@@ -235,20 +235,23 @@ impl Conn {
     /// Sends `req` and reads the response head. The connection goes on with the response
     /// body; an error leaves it closed. With `pass`, the response's header map is empty and
     /// its body holds the lines to pass on instead ([`Body::passed_head`]).
+    ///
+    /// `req` is borrowed, not taken: a request moved into each layer's future on its way
+    /// here was copied at each (264 bytes). Its body is consumed (left empty) once sent.
     pub async fn send(
         mut self,
-        req: Request<ReqBody>,
+        req: &mut Request<ReqBody>,
         pass: bool,
         forwarding: Option<&Forwarding>,
     ) -> io::Result<Response<Body>> {
-        let (mut parts, mut body) = req.into_parts();
-        let sending = encode_head(&mut self.out, &mut parts, &body, forwarding)?;
+        let sending = encode_head(&mut self.out, req, forwarding)?;
         let whole = match sending {
             Kind::Length(0) => self.write_out(&[]).await,
-            _ => self.write_body(&mut body, sending).await?,
+            _ => self.write_body(req.body_mut(), sending).await?,
         };
-        drop(body);
-        let is_head = parts.method == Method::HEAD;
+        // (the client's body is let go of before the wait for the answer, as when it was owned)
+        *req.body_mut() = ReqBody::Empty;
+        let is_head = req.method() == Method::HEAD;
         loop {
             if !self.buf.is_empty() {
                 if let Some((head, mut decode, keep)) = parse_head(&mut self.buf, is_head, pass)? {
@@ -335,45 +338,50 @@ impl Conn {
 /// gets one, GET/HEAD/CONNECT send none of an unknown one, anything else goes chunked.
 fn encode_head(
     out: &mut Vec<u8>,
-    parts: &mut http::request::Parts,
-    body: &ReqBody,
+    req: &mut Request<ReqBody>,
     forwarding: Option<&Forwarding>,
 ) -> io::Result<Kind> {
+    // (what the body and method tell is read before the header map is changed)
+    let body = req.body();
+    let (end_stream, exact) = (body.is_end_stream(), body.size_hint().exact());
+    let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::CONNECT);
+    let headers = req.headers_mut();
     // framing is this connection's to choose
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    if !body.is_end_stream() {
+    headers.remove(header::TRANSFER_ENCODING);
+    if !end_stream {
         // (usher answered the client's `Expect: 100-continue` itself: the body comes at once)
-        parts.headers.remove(header::EXPECT);
+        headers.remove(header::EXPECT);
     }
-    let sending = if body.is_end_stream() {
+    let sending = if end_stream {
         Kind::Length(0)
-    } else if let Some(v) = parts.headers.get(header::CONTENT_LENGTH) {
+    } else if let Some(v) = headers.get(header::CONTENT_LENGTH) {
         Kind::Length(
             parse_length(v.as_bytes()).ok_or_else(|| invalid("bad request Content-Length"))?,
         )
-    } else if let Some(n) = body.size_hint().exact() {
-        parts.headers.insert(header::CONTENT_LENGTH, n.into());
+    } else if let Some(n) = exact {
+        headers.insert(header::CONTENT_LENGTH, n.into());
         Kind::Length(n)
-    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+    } else if bodiless {
         Kind::Length(0)
     } else {
-        parts.headers.insert(
+        headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
         Kind::Chunked
     };
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    match parts.uri.path_and_query() {
-        Some(pq) if parts.uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
+    let uri = req.uri();
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() => out.extend_from_slice(pq.as_str().as_bytes()),
         _ => {
-            let _ = write!(out, "{}", parts.uri);
+            let _ = write!(out, "{uri}");
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -1246,7 +1254,7 @@ mod tests {
     #[test]
     fn request_heads_follow_hyper_framing() {
         let encode = |method: Method, headers: &[(&str, &str)], body: ReqBody| {
-            let mut req = Request::new(());
+            let mut req = Request::new(body);
             *req.method_mut() = method;
             *req.uri_mut() = "/p?q=1".parse().unwrap();
             for (n, v) in headers {
@@ -1255,9 +1263,8 @@ mod tests {
                     v.parse().unwrap(),
                 );
             }
-            let (mut parts, ()) = req.into_parts();
             let mut out = Vec::new();
-            let sending = encode_head(&mut out, &mut parts, &body, None).unwrap();
+            let sending = encode_head(&mut out, &mut req, None).unwrap();
             (String::from_utf8(out).unwrap(), sending)
         };
         let (text, sending) = encode(
@@ -1272,16 +1279,11 @@ mod tests {
         assert_eq!(sending, Kind::Length(0));
 
         // the X-Forwarded-* lines come last
-        let mut parts = Request::new(()).into_parts().0;
-        parts.headers.insert("host", "a".parse().unwrap());
-        let f = Forwarding::take(
-            &mut parts.headers,
-            "192.0.2.7".parse().unwrap(),
-            false,
-            None,
-        );
+        let mut req = Request::new(ReqBody::Empty);
+        req.headers_mut().insert("host", "a".parse().unwrap());
+        let f = Forwarding::take(req.headers_mut(), "192.0.2.7".parse().unwrap(), false, None);
         let mut out = Vec::new();
-        encode_head(&mut out, &mut parts, &ReqBody::Empty, Some(&f)).unwrap();
+        encode_head(&mut out, &mut req, Some(&f)).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\r\n"
