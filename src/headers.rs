@@ -1,8 +1,42 @@
 //! Header rewriting for the forward path: pure functions, unit-tested here and benchmarked.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Header maps of requests already forwarded, emptied and kept on this thread for the next
+/// heads it parses: a map's two allocations (its index and its entries) are made once, not
+/// for every request. At most this many are kept.
+const SPARE_MAPS: usize = 16;
+/// A map grown past this many entries (a head with many headers) is let go of, not kept.
+const SPARE_MAP_LIMIT: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty map with room for `n` entries: a spare one when this thread has one that large.
+pub fn empty_map(n: usize) -> HeaderMap {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .filter(|m| m.capacity() >= n)
+        .unwrap_or_else(|| HeaderMap::with_capacity(n))
+}
+
+/// Empties `map` (its values, which may share a connection's read buffer, go now) and keeps
+/// it for [`empty_map`].
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_LIMIT {
+        return;
+    }
+    map.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
+}
 
 /// The fixed hop-by-hop headers (RFC 9110 section 7.6.1, plus the non-standard ones proxies
 /// are known to leak). `Proxy-*` are handled by prefix. `Trailer` is end to end (RFC 9110
@@ -218,6 +252,32 @@ pub fn host_without_port(authority: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_map_comes_back_empty_and_only_maps_of_modest_size_are_kept() {
+        // (each test runs on a thread of its own: this thread's spares start empty)
+        let mut m = HeaderMap::with_capacity(8);
+        m.insert(
+            "x-secret",
+            HeaderValue::from_static("from the last request"),
+        );
+        let room = m.capacity();
+        recycle(m);
+        let again = empty_map(4);
+        assert!(again.is_empty(), "no value of the last request is left");
+        assert_eq!(again.capacity(), room, "the same map, its room kept");
+        // asked for more room than the spare has: a new map
+        recycle(again);
+        assert!(empty_map(room + 1).capacity() > room);
+        // one grown past the limit is let go of
+        recycle(HeaderMap::with_capacity(SPARE_MAP_LIMIT + 1));
+        assert_eq!(empty_map(0).capacity(), 0);
+        // and no more than SPARE_MAPS are kept
+        for _ in 0..SPARE_MAPS + 4 {
+            recycle(HeaderMap::with_capacity(8));
+        }
+        assert_eq!(SPARE.with_borrow(Vec::len), SPARE_MAPS);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -549,7 +549,9 @@ fn forward<'a>(
                 };
             }
         };
-        // (what is left of the request: its map, and a client body at most partly read)
+        // (what is left of the request: its map, kept for a next request's head, and a client
+        // body at most partly read)
+        crate::headers::recycle(std::mem::take(upstream_req.headers_mut()));
         drop(upstream_req);
         tail.upstream = Some(sent.upstream);
         let (mut parts, body) = sent.response.into_parts();

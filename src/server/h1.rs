@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -308,7 +308,7 @@ fn request(
 ) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
     // (room for the forwarding headers a proxied request may get: no regrowth on the way)
-    let mut map = HeaderMap::with_capacity(names.len() + FORWARDING_ROOM);
+    let mut map = crate::headers::empty_map(names.len() + FORWARDING_ROOM);
     for (name, at, len) in names.drain(..) {
         map.append(
             name,

@@ -540,7 +540,7 @@ fn parse_head(
                 );
             }
             let head = buf.split_to(len).freeze();
-            let mut map = HeaderMap::with_capacity(count);
+            let mut map = crate::headers::empty_map(count);
             for &(n, nl, v, vl) in &offsets[..count] {
                 let (n, v) = (n as usize, v as usize);
                 let name = &head[n..n + nl as usize];
