@@ -223,10 +223,10 @@ impl UpstreamBody {
         }
     }
 
-    /// The same, for a body already read whole (`Sent::read`).
-    pub fn already_read(mut self, read: Option<Bytes>) -> UpstreamBody {
+    /// The same, for a body already read whole (`Sent::read`). (In place: the body is large,
+    /// and a builder taking it by value copied it.)
+    pub fn set_already_read(&mut self, read: Option<Bytes>) {
         self.read = read;
-        self
     }
 
     fn release(&mut self) {

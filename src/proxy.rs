@@ -549,10 +549,9 @@ fn forward<'a>(
                 };
             }
         };
-        // (what is left of the request: its map, kept for a next request's head, and a client
-        // body at most partly read)
+        // The request's map is kept for a next request's head. (The rest of the request, with
+        // its body spent, goes with this future: a `drop` here would move, so copy, it first.)
         crate::headers::recycle(std::mem::take(upstream_req.headers_mut()));
-        drop(upstream_req);
         tail.upstream = Some(sent.upstream);
         let (mut parts, body) = sent.response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -566,10 +565,13 @@ fn forward<'a>(
             }
         }
         // (boxed at once: it is large, and a box moves as a pointer from here on)
-        let mut body = Box::new(
-            UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
-                .already_read(sent.read),
-        );
+        let mut body = Box::new(UpstreamBody::new(
+            body,
+            sent.conn,
+            pool.read_timeout(),
+            Some(sent.in_flight),
+        ));
+        body.set_already_read(sent.read);
         if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
             if parts.status.is_server_error() {
                 if let Some(resp) = cache.stale_on_error(p, rc) {
@@ -679,8 +681,8 @@ async fn refresh_entry(
     };
     let (mut head, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight))
-        .already_read(sent.read);
+    let mut body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
+    body.set_already_read(sent.read);
     if let After::Store(policy) = cache.after(&pending, &head) {
         let len = http_body::Body::size_hint(&body).exact();
         if len.is_some_and(|n| n <= cache.max_entry() as u64) {

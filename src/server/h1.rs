@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::conn::{drive, ClientIo, Watched};
@@ -164,24 +164,23 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
             })
             .await
         };
-        let Some(resp) = resp else {
+        let Some(mut resp) = resp else {
             return Ok(Ended::Closed);
         };
 
-        // 3. the response
+        // 3. the response (whole, not taken apart: each move of its parts was a copy)
         close |= stop.load(Ordering::Relaxed);
-        let (parts, body) = resp.into_parts();
-        let mut body = pin!(body);
         out.clear();
+        let body = resp.body();
         let framing = match body.encoded_head() {
             Some((head, numbers)) => Some(encode_prepared(&mut out, head, numbers, is_head, close)),
-            None => encode_head(&mut out, &parts, body.passed_head(), &*body, is_head, close),
+            None => encode_head(&mut out, &resp, body.passed_head(), is_head, close),
         };
         let framing = match framing {
             Some(f) => f,
             None => {
                 // (hyper answers 500 here; the response came from upstream: 502)
-                tracing::error!(peer = %info.peer, status = %parts.status, "unsendable response head");
+                tracing::error!(peer = %info.peer, status = %resp.status(), "unsendable response head");
                 out.clear();
                 out.extend_from_slice(UNSENDABLE);
                 write_two(io, &mut out, &[]).await?;
@@ -189,9 +188,11 @@ async fn session<I: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Ended::Closed);
             }
         };
-        drop(parts);
+        // (its map is written out: kept for a next head)
+        crate::headers::recycle(std::mem::take(resp.headers_mut()));
         close |= framing.close;
-        if let Err(e) = write_body(io, buf, &mut out, body.as_mut(), framing.kind).await {
+        if let Err(e) = write_body(io, buf, &mut out, Pin::new(resp.body_mut()), framing.kind).await
+        {
             tracing::debug!(peer = %info.peer, error = %e, "response cut short");
             return Ok(Ended::Closed);
         }
@@ -340,15 +341,14 @@ struct Framing {
 /// close` when closing). `None` for a head HTTP/1.1 cannot carry as is (a 1xx, a bad
 /// Content-Length). With `passed`, the app's header lines go as they came in place of the
 /// (empty) header map: hop-by-hop lines and the framing are already left out of them.
-fn encode_head(
+fn encode_head<B: http_body::Body>(
     out: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    resp: &Response<B>,
     passed: Option<&PassedHead>,
-    body: &impl http_body::Body,
     is_head: bool,
     close: bool,
 ) -> Option<Framing> {
-    let status = parts.status;
+    let (status, body) = (resp.status(), resp.body());
     if status.is_informational() {
         return None;
     }
@@ -373,7 +373,7 @@ fn encode_head(
             kind = Some(Kind::Length(0));
         }
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in resp.headers() {
         match *name {
             header::CONTENT_LENGTH => {
                 if kind.is_some() {
@@ -625,9 +625,8 @@ mod tests {
     }
 
     fn head(resp: Response<Body>, is_head: bool, close: bool) -> (String, Framing) {
-        let (parts, body) = resp.into_parts();
         let mut out = Vec::new();
-        let framing = encode_head(&mut out, &parts, None, &body, is_head, close).unwrap();
+        let framing = encode_head(&mut out, &resp, None, is_head, close).unwrap();
         let text = String::from_utf8(out).unwrap();
         // (the date changes)
         let text = text
@@ -642,9 +641,9 @@ mod tests {
     fn passed_lines_go_as_they_are_with_usher_s_framing() {
         let mut p = PassedHead::with_capacity(64);
         p.push(Line::Other, b"Server", b"app");
-        let (parts, body) = Response::new(Body::full("hello")).into_parts();
+        let resp = Response::new(Body::full("hello"));
         let mut out = Vec::new();
-        let f = encode_head(&mut out, &parts, Some(&p), &body, false, false).unwrap();
+        let f = encode_head(&mut out, &resp, Some(&p), false, false).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\nServer: app\r\ncontent-length: 5\r\ndate: "),
@@ -655,9 +654,9 @@ mod tests {
         // a HEAD: the app's length, no body; the app's Date, none of usher's
         p.push(Line::Date, b"Date", b"x");
         p.set_length(42);
-        let (parts, body) = Response::new(Body::empty()).into_parts();
+        let resp = Response::new(Body::empty());
         let mut out = Vec::new();
-        let f = encode_head(&mut out, &parts, Some(&p), &body, true, true).unwrap();
+        let f = encode_head(&mut out, &resp, Some(&p), true, true).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: app\r\nDate: x\r\ncontent-length: 42\r\nconnection: close\r\n\r\n"
