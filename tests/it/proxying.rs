@@ -97,6 +97,51 @@ async fn response_hop_by_hop_headers_are_removed() {
     assert!(!resp.header("connection").contains("x-hop-named"));
 }
 
+/// usher reuses header maps (`headers::recycle`): nothing of one request or response may
+/// reach another, on the same connection, another one, or HTTP/2.
+#[tokio::test]
+async fn no_header_of_one_exchange_reaches_another() {
+    let up = Upstream::start("app").await;
+    let usher = TestServer::start(&plain_site(&[&up.addr], "")).await;
+    let mut a = Client::plain(usher.http, Proto::H1).await;
+    let mut b = Client::plain(usher.http, Proto::H1).await;
+    let mut h2 = Client::plain(usher.http, Proto::H2).await;
+    for round in 0..3 {
+        // headers of its own, answered with headers that go through a header map (`/hop`
+        // names one in Connection)
+        let req = Request::get("/hop")
+            .header("host", "app.test")
+            .header("authorization", "Bearer a-secret")
+            .header("x-only-a", "1")
+            .body(Full::default())
+            .unwrap();
+        let resp = a.send(req).await;
+        assert_eq!(resp.header("x-app"), "kept");
+        for c in [&mut b, &mut h2, &mut a] {
+            let resp = c.get("app.test", "/plain").await;
+            assert_eq!(resp.status, 200);
+            assert!(
+                !resp.headers.contains_key("x-app"),
+                "round {round}: a header of another response"
+            );
+        }
+    }
+    let plain: Vec<_> = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.path() == "/plain")
+        .collect();
+    assert_eq!(plain.len(), 9);
+    for seen in plain {
+        for name in ["authorization", "x-only-a", "x-app"] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{name} reached the app with another request"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn http2_over_tls_is_forwarded_as_http1_with_host_from_authority() {
     let up = Upstream::start("app").await;
