@@ -10,45 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-1000} N2=${N2:-6000} TOP=${TOP:-25}
-HARNESS=$(cd ../shared/bench && pwd)
+. benches/rig.sh
 cargo build --release -q
-WORK=$(mktemp -d /tmp/usher-instr.XXXXXX)
-export UP_DIR=$WORK/up UP_CPUS=${UP_CPUS:-1} UPSTREAM_PORT=17501 DOCROOT=$WORK/www
-export BODY100=$(printf '0123456789%.0s' 1 2 3 4 5 6 7 8 9 10)
-mkdir -p "$UP_DIR" "$DOCROOT/static"
-head -c 1024 /dev/urandom > "$DOCROOT/static/1k.bin"
 VP=""
 cleanup() {
   [ -n "$VP" ] && kill "$VP" 2>/dev/null && wait "$VP" 2>/dev/null
-  "$HARNESS/lib/upstream.sh" stop
-  rm -rf "$WORK"
+  rig_stop
 }
 trap cleanup EXIT
-"$HARNESS/lib/upstream.sh" start
-cat > "$WORK/proxy.toml" <<CONF
-[server]
-http = "127.0.0.1:17500"
-certs_dir = "$WORK/certs"
-access_log = "text"
-
-[[site]]
-names = ["127.0.0.1"]
-default = true
-http_redirect = false        # else every plain request is answered with a redirect to https
-
-[[site.route]]
-path = "/static/"
-static = "$DOCROOT"
-
-[[site.route]]
-path = "/cache/"
-proxy = ["127.0.0.1:$UPSTREAM_PORT"]
-cache = {}
-
-[[site.route]]
-path = "/"
-proxy = ["127.0.0.1:$UPSTREAM_PORT"]
-CONF
+rig_start instr
 
 # count PATH N -> callgrind_annotate's per-function table for startup + N requests
 count() {

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${1:-/small} N=${2:-10000} MIN=${MIN:-64} TOP=${TOP:-40} MODE=${H2LOAD_MODE---h1}
-HARNESS=$(cd ../shared/bench && pwd)
+. benches/rig.sh
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --target-dir target/lines
 BIN=$PWD/target/lines/release/usher
 LIBC=$(ldd "$BIN" | awk '/libc.so.6/ {print $3}')
@@ -19,45 +19,15 @@ LIBC=$(ldd "$BIN" | awk '/libc.so.6/ {print $3}')
 # is the same code; perf finds these internal names in libc's own symbol data)
 FUNCS=$(perf probe -x "$LIBC" -F '__memmove_*_unaligned_erms' 2>/dev/null)
 [ -n "$FUNCS" ] || { echo "no __memmove_*_unaligned_erms in $LIBC" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/usher-memcpy.XXXXXX)
-export UP_DIR=$WORK/up UP_CPUS=${UP_CPUS:-1} UPSTREAM_PORT=17501 DOCROOT=$WORK/www
-export BODY100=$(printf '0123456789%.0s' 1 2 3 4 5 6 7 8 9 10)
-mkdir -p "$UP_DIR" "$DOCROOT/static"
-head -c 1024 /dev/urandom > "$DOCROOT/static/1k.bin"
 VP="" RP="" EVENTS=()
 cleanup() {
   [ -n "$RP" ] && kill -INT "$RP" 2>/dev/null && wait "$RP" 2>/dev/null
   [ -n "$VP" ] && kill "$VP" 2>/dev/null && wait "$VP" 2>/dev/null
   for e in "${EVENTS[@]}"; do perf probe -q -d "$e" 2>/dev/null || true; done
-  "$HARNESS/lib/upstream.sh" stop
-  rm -rf "$WORK"
+  rig_stop
 }
 trap cleanup EXIT
-"$HARNESS/lib/upstream.sh" start
-cat > "$WORK/proxy.toml" <<CONF
-[server]
-http = "127.0.0.1:17500"
-certs_dir = "$WORK/certs"
-access_log = "text"
-
-[[site]]
-names = ["127.0.0.1"]
-default = true
-http_redirect = false
-
-[[site.route]]
-path = "/static/"
-static = "$DOCROOT"
-
-[[site.route]]
-path = "/cache/"
-proxy = ["127.0.0.1:$UPSTREAM_PORT"]
-cache = {}
-
-[[site.route]]
-path = "/"
-proxy = ["127.0.0.1:$UPSTREAM_PORT"]
-CONF
+rig_start memcpy
 i=0
 for f in $FUNCS; do
   i=$((i + 1))

@@ -168,11 +168,16 @@ impl Forwarding {
         }
     }
 
+    /// Appends the `X-Forwarded-For` value: earlier proxies' entries, then the client.
+    fn push_for(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prior.as_deref().unwrap_or_default());
+        push_ip(out, self.client);
+    }
+
     /// Sets them in `headers` (replacing: applying twice is applying once).
     pub fn apply(&self, headers: &mut HeaderMap) {
         let mut value = Vec::with_capacity(48);
-        value.extend_from_slice(self.prior.as_deref().unwrap_or_default());
-        push_ip(&mut value, self.client);
+        self.push_for(&mut value);
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -190,8 +195,7 @@ impl Forwarding {
     /// Appends them as HTTP/1.1 header lines.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"x-forwarded-for: ");
-        out.extend_from_slice(self.prior.as_deref().unwrap_or_default());
-        push_ip(out, self.client);
+        self.push_for(out);
         out.extend_from_slice(b"\r\nx-forwarded-proto: ");
         out.extend_from_slice(self.proto().as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -351,7 +351,7 @@ impl PassedHead {
     /// The lines as a header map, for a response that turns out to need one after all (one
     /// read ahead and held): with the app's Content-Length.
     pub fn into_headers(self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(8);
+        let mut map = crate::headers::empty_map(8);
         for line in self.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|b| *b == b':') else {
