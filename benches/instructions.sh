@@ -6,7 +6,7 @@
 # /static/ is a 1 KiB file from memory, /cache/ is proxied and cached (the upstream allows an
 # hour: after the first request every one is a hit), anything else is proxied to a 1-worker
 # nginx (the shared harness's upstream). Needs valgrind, nginx, h2load; builds usher in release mode.
-# Ports 17500-17502 on 127.0.0.1. Prints the total and the top functions (self cost).
+# SCHEME=https: over TLS. Ports 17500-17502 on 127.0.0.1. Prints the total and the top functions (self cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${N1:-1000} N2=${N2:-6000} TOP=${TOP:-25}
@@ -14,7 +14,9 @@ N1=${N1:-1000} N2=${N2:-6000} TOP=${TOP:-25}
 cargo build --release -q
 VP=""
 cleanup() {
-  [ -n "$VP" ] && kill "$VP" 2>/dev/null && wait "$VP" 2>/dev/null
+  # (each step tolerates failure: under set -e a failing wait would end the trap early and
+  # leave the upstream running)
+  if [ -n "$VP" ]; then kill "$VP" 2>/dev/null || true; wait "$VP" 2>/dev/null || true; fi
   rig_stop
 }
 trap cleanup EXIT
@@ -27,8 +29,8 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" target/release/usher run \
     --config "$WORK/proxy.toml" >/dev/null 2>"$WORK/valgrind.log" &
   VP=$!
-  for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:17500$1" && break; sleep 0.2; done
-  taskset -c "$UP_CPUS" h2load --h1 -n "$2" -c 10 "http://127.0.0.1:17500$1" | grep -q "$2 succeeded" \
+  for _ in $(seq 150); do curl -sk -o /dev/null "$BASE$1" && break; sleep 0.2; done
+  taskset -c "$UP_CPUS" h2load --h1 -n "$2" -c 10 "$BASE$1" | grep -q "$2 succeeded" \
     || { echo "requests failed" >&2; exit 1; }
   kill -TERM "$VP"; wait "$VP" || true; VP=""
   callgrind_annotate --inclusive="${INCLUSIVE:-no}" --threshold=100 "$WORK/cg.out" 2>/dev/null

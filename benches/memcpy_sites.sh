@@ -5,9 +5,10 @@
 # a line of a build with line tables (target/lines, built here: same code, same optimisation).
 # Large values moved through futures show up here, where a profile shows only "memmove".
 #   benches/memcpy_sites.sh [PATH] [N]    default /small (proxied 100 B), 10000 requests
-#   H2LOAD_MODE=""  for HTTP/2 (h2c) instead of HTTP/1.1;  MIN=64  the smallest size listed
+#   H2LOAD_MODE=""  for HTTP/2 instead of HTTP/1.1;  MIN=64  the smallest size listed;
+#   SCHEME=https  over TLS
 # Needs root (uprobes), Debian's linux-perf, nginx and h2load, binutils' addr2line. Ports
-# 17500-17501 on 127.0.0.1, as benches/instructions.sh (not both at once).
+# 17500-17502 on 127.0.0.1, as benches/instructions.sh (not both at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${1:-/small} N=${2:-10000} MIN=${MIN:-64} TOP=${TOP:-40} MODE=${H2LOAD_MODE---h1}
@@ -21,13 +22,17 @@ FUNCS=$(perf probe -x "$LIBC" -F '__memmove_*_unaligned_erms' 2>/dev/null)
 [ -n "$FUNCS" ] || { echo "no __memmove_*_unaligned_erms in $LIBC" >&2; exit 1; }
 VP="" RP="" EVENTS=()
 cleanup() {
-  [ -n "$RP" ] && kill -INT "$RP" 2>/dev/null && wait "$RP" 2>/dev/null
-  [ -n "$VP" ] && kill "$VP" 2>/dev/null && wait "$VP" 2>/dev/null
+  # (each step tolerates failure: under set -e a failing wait would end the trap early and
+  # leave the upstream running)
+  if [ -n "$RP" ]; then kill -INT "$RP" 2>/dev/null || true; wait "$RP" 2>/dev/null || true; fi
+  if [ -n "$VP" ]; then kill "$VP" 2>/dev/null || true; wait "$VP" 2>/dev/null || true; fi
   for e in "${EVENTS[@]}"; do perf probe -q -d "$e" 2>/dev/null || true; done
   rig_stop
 }
 trap cleanup EXIT
 rig_start memcpy
+# a probe left by a run that was killed would make adding it fail
+perf probe -q -d 'probe_libc:usher_mc*' 2>/dev/null || true
 i=0
 for f in $FUNCS; do
   i=$((i + 1))
@@ -36,16 +41,16 @@ for f in $FUNCS; do
 done
 TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" run --config "$WORK/proxy.toml" >/dev/null 2>&1 &
 VP=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:17500$P" && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sk -o /dev/null "$BASE$P" && break; sleep 0.1; done
 # warm: the pools' connections, the spare maps, the allocator's caches
-taskset -c "$UP_CPUS" h2load $MODE -n 2000 -c 10 "http://127.0.0.1:17500$P" >/dev/null
+taskset -c "$UP_CPUS" h2load $MODE -n 2000 -c 10 "$BASE$P" >/dev/null
 base=$(awk -v b="$BIN" '$6 == b {print $1; exit}' "/proc/$VP/maps" | cut -d- -f1)
 perf record -q $(printf -- '-e %s ' "${EVENTS[@]}") -p "$VP" -o "$WORK/mc.data" -- sleep 600 &
 RP=$!
 # (perf attaches within this; the requests below are the ones counted)
 for _ in $(seq 50); do [ -s "$WORK/mc.data" ] && break; sleep 0.1; done
 sleep 1
-taskset -c "$UP_CPUS" h2load $MODE -n "$N" -c 10 "http://127.0.0.1:17500$P" | grep -q "$N succeeded" \
+taskset -c "$UP_CPUS" h2load $MODE -n "$N" -c 10 "$BASE$P" | grep -q "$N succeeded" \
   || { echo "requests failed" >&2; exit 1; }
 kill -INT "$RP"; wait "$RP" || true; RP=""
 perf script -i "$WORK/mc.data" > "$WORK/mc.txt" 2>/dev/null
