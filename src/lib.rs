@@ -17,7 +17,8 @@
 //! ```
 //!
 //! `server::start(config)` runs everything and returns a [`server::ServerHandle`].
-// One measured exception, `sockopt.rs` (socket options no safe crate offers).
+// Two measured exceptions: `sockopt.rs` (socket options no safe crate offers) and `heap.rs`
+// (glibc's `mallopt`).
 #![deny(unsafe_code)]
 
 pub mod access_log;
@@ -32,6 +33,7 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod heap;
 pub mod limits;
 pub mod metrics;
 pub mod privileges;

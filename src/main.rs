@@ -106,6 +106,8 @@ fn certs(config: &Config, action: Option<CertsAction>) -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
+    // before the runtime's threads: keep freed body buffers instead of faulting them back in
+    usher::heap::keep_freed_memory(std::env::var("GLIBC_TUNABLES").ok().as_deref());
     let rt = match runtime(runtime_builder()) {
         Ok(rt) => rt,
         Err(code) => return code,

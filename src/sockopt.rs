@@ -1,5 +1,6 @@
 //! Socket options that neither std, tokio, socket2 nor nix offer, each measured worth having:
-//! the crate's one `unsafe` block, a plain `setsockopt` of an integer.
+//! one of the crate's two `unsafe` blocks (the other is `heap.rs`), a plain `setsockopt` of an
+//! integer.
 //!
 //! - `SO_RCVLOWAT` on upstream connections reading a long body (`upstream/h1/batch.rs`):
 //!   +20% requests/s on proxied 1 MiB responses.
