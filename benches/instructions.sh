@@ -14,9 +14,7 @@ N1=${N1:-1000} N2=${N2:-6000} TOP=${TOP:-25}
 cargo build --release -q
 VP=""
 cleanup() {
-  # (each step tolerates failure: under set -e a failing wait would end the trap early and
-  # leave the upstream running)
-  if [ -n "$VP" ]; then kill "$VP" 2>/dev/null || true; wait "$VP" 2>/dev/null || true; fi
+  rig_end "$VP"
   rig_stop
 }
 trap cleanup EXIT

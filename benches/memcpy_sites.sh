@@ -22,10 +22,8 @@ FUNCS=$(perf probe -x "$LIBC" -F '__memmove_*_unaligned_erms' 2>/dev/null)
 [ -n "$FUNCS" ] || { echo "no __memmove_*_unaligned_erms in $LIBC" >&2; exit 1; }
 VP="" RP="" EVENTS=()
 cleanup() {
-  # (each step tolerates failure: under set -e a failing wait would end the trap early and
-  # leave the upstream running)
-  if [ -n "$RP" ]; then kill -INT "$RP" 2>/dev/null || true; wait "$RP" 2>/dev/null || true; fi
-  if [ -n "$VP" ]; then kill "$VP" 2>/dev/null || true; wait "$VP" 2>/dev/null || true; fi
+  rig_end "$RP" INT
+  rig_end "$VP"
   for e in "${EVENTS[@]}"; do perf probe -q -d "$e" 2>/dev/null || true; done
   rig_stop
 }

@@ -8,6 +8,9 @@
 #                    $BASE, the URL to put paths after: http://127.0.0.1:17500, or with
 #                    SCHEME=https, https://127.0.0.1:17502
 #   rig_stop         stops the upstream and removes $WORK
+#   rig_end PID [SIG]  stops a process the script started and waits for it (for cleanup traps:
+#                    it never fails, where under set -e a failing wait would end the trap early
+#                    and leave the upstream running)
 HARNESS=$(cd ../shared/bench && pwd)
 WORK=""
 
@@ -60,4 +63,10 @@ CONF
 rig_stop() {
   "$HARNESS/lib/upstream.sh" stop
   [ -z "$WORK" ] || rm -rf "$WORK"
+}
+
+rig_end() {
+  [ -n "$1" ] || return 0
+  kill "-${2:-TERM}" "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }

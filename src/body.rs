@@ -190,12 +190,14 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Wraps an upstream body and the connection it arrives on.
+    /// Wraps an upstream body and the connection it arrives on; `read`, the whole body when
+    /// it was read before the response was handed on (`Sent::read`).
     pub fn new(
         body: RespBody,
         conn: PooledConn,
         read_timeout: Duration,
         in_flight: Option<InFlight>,
+        read: Option<Bytes>,
     ) -> UpstreamBody {
         UpstreamBody {
             body,
@@ -203,7 +205,7 @@ impl UpstreamBody {
             _in_flight: in_flight,
             read_timeout,
             stall: None,
-            read: None,
+            read,
         }
     }
 
@@ -221,12 +223,6 @@ impl UpstreamBody {
             RespBody::Wire(b) => b.take_passed_head(),
             RespBody::Hyper(_) => None,
         }
-    }
-
-    /// The same, for a body already read whole (`Sent::read`). (In place: the body is large,
-    /// and a builder taking it by value copied it.)
-    pub fn set_already_read(&mut self, read: Option<Bytes>) {
-        self.read = read;
     }
 
     fn release(&mut self) {

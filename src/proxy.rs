@@ -479,6 +479,7 @@ fn forward<'a>(
                         upstream_conn,
                         pool.read_timeout(),
                         None,
+                        None,
                     )),
                 },
             ));
@@ -570,8 +571,8 @@ fn forward<'a>(
             sent.conn,
             pool.read_timeout(),
             Some(sent.in_flight),
+            sent.read,
         ));
-        body.set_already_read(sent.read);
         if let (Some(p), Some(rc), Some(cache)) = (&pending, &route.cache, &proxy.cache) {
             if parts.status.is_server_error() {
                 if let Some(resp) = cache.stale_on_error(p, rc) {
@@ -681,8 +682,13 @@ async fn refresh_entry(
     };
     let (mut head, body) = sent.response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let mut body = UpstreamBody::new(body, sent.conn, pool.read_timeout(), Some(sent.in_flight));
-    body.set_already_read(sent.read);
+    let body = UpstreamBody::new(
+        body,
+        sent.conn,
+        pool.read_timeout(),
+        Some(sent.in_flight),
+        sent.read,
+    );
     if let After::Store(policy) = cache.after(&pending, &head) {
         let len = http_body::Body::size_hint(&body).exact();
         if len.is_some_and(|n| n <= cache.max_entry() as u64) {
